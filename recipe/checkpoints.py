@@ -1,0 +1,103 @@
+"""Checkpoint files on disk: written atomically, read as safetensors only, with errors that name the file."""
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or file that cannot be used; the message names it."""
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root` to disk, so a rename after it publishes complete data."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        directory = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, overwrite: bool = False):
+    """Yield a fresh temporary directory beside `path`; when the block succeeds it becomes `path` in one rename.
+
+    A crash or an exception inside the block leaves `path` as it was (absent, or the previous version), never
+    half-written. An existing non-empty `path` is replaced only with `overwrite=True`.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} already exists; choose another path or allow overwriting it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if path.exists():
+        retired = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.rename(path, retired)
+        os.rename(staging, path)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, path)
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The safetensors files holding a checkpoint's weights (one file, or the shards its index lists)."""
+    directory = Path(directory)
+    single = directory / SAFETENSORS_FILE
+    if single.is_file():
+        return [single]
+    index = directory / SAFETENSORS_INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index} is not a safetensors index (no valid 'weight_map'): {error}") from None
+        shards = [directory / name for name in sorted(set(weight_map.values()))]
+        missing = [str(shard) for shard in shards if not shard.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing)}")
+        return shards
+    pickled = [name for name in PICKLE_WEIGHT_FILES if (directory / name).exists()]
+    if pickled:
+        raise CheckpointError(
+            f"{directory} holds only {', '.join(pickled)}; this recipe loads safetensors only (pickle files can run "
+            f"code). Re-save the model with save_pretrained() from a trusted environment."
+        )
+    raise CheckpointError(f"{directory} has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE}: not a model checkpoint")
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read one safetensors file; a truncated or corrupt file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+
+
+def load_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, merged across shards."""
+    state = {}
+    for path in weight_files(directory):
+        state.update(load_safetensors(path))
+    return state

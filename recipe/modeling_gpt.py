@@ -1,0 +1,340 @@
+"""GPT-2 as a transformers model: GPTModel (the block stack) and GPTForCausalLM (plus the tied LM head).
+
+The architecture is exactly OpenAI's GPT-2 (Radford et al. 2019): learned token and position embeddings,
+pre-LayerNorm blocks of causal self-attention and a 4x GELU(tanh) MLP, a final LayerNorm, and an LM head tied
+to the token embedding. Parameter names are GPT-2's (`wte`, `wpe`, `h`, `c_attn`, `c_proj`, `ln_f`) so that
+OpenAI's weights map over by name, with nn.Linear in place of GPT-2's transposed Conv1D.
+
+This file is copied into every checkpoint (remote code): it imports only torch, transformers and, relatively,
+the configuration file.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_gpt import GPTConfig
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention written out, for reference and for `output_attentions`. q, k, v: (B, nh, T, hs)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, T, T_kv)
+    if attention_mask is not None:
+        scores = scores + attention_mask  # (B, 1, T, T_kv): 0 where allowed, dtype-min where not (causal, padding)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2)  # (B, T, nh, hs)
+    return output, weights
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.is_residual_projection = True
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, attention_mask=None, cache: Cache | None = None, **kwargs):
+        batch, seq_len, width = hidden_states.shape
+        query, key, value = self.c_attn(hidden_states).split(width, dim=2)
+        # (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
+        query = query.view(batch, seq_len, self.n_head, self.head_dim).transpose(1, 2)
+        key = key.view(batch, seq_len, self.n_head, self.head_dim).transpose(1, 2)
+        value = value.view(batch, seq_len, self.n_head, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, nh, T_past + T, hs)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attn_pdrop if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(batch, seq_len, width)  # (B, T, nh, hs) -> (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(output)), weights
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.is_residual_projection = True
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states):
+        # GPT-2 uses the tanh approximation of GELU ("gelu_new" in transformers); one fused kernel here.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(hidden_states), approximate="tanh")))
+
+
+class Block(GradientCheckpointingLayer):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, hidden_states, attention_mask=None, cache: Cache | None = None, **kwargs):
+        attn_output, _ = self.attn(self.ln_1(hidden_states), attention_mask=attention_mask, cache=cache, **kwargs)
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class GPTPreTrainedModel(PreTrainedModel):
+    config_class = GPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": Block, "attentions": CausalSelfAttention}
+
+    def _init_weights(self, module):
+        """GPT-2 init: N(0, 0.02) weights, zero biases, LayerNorm 1/0, and residual projections scaled by
+        1/sqrt(2 * n_layer) because each block adds two of them to the residual stream (GPT-2 paper, sec. 2.3).
+        The `init` helpers skip tensors already loaded from a checkpoint."""
+        super()._init_weights(module)  # Linear / Embedding: N(0, initializer_range); LayerNorm: 1, 0
+        if getattr(module, "is_residual_projection", False):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
+
+
+class GPTModel(GPTPreTrainedModel):
+    """Embeddings and the block stack; returns the final LayerNorm's hidden states."""
+
+    def __init__(self, config: GPTConfig):
+        config.check_fields()  # catches fields changed after the config was built
+        super().__init__(config)
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([Block(config, layer_idx) for layer_idx in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)  # (B, T, C)
+
+        # A cache is for generation; training steps do not build one unless asked to.
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = False
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+
+        past_length = cache.get_seq_length() if cache is not None else 0
+        seq_len = inputs_embeds.shape[1]
+        if past_length + seq_len > self.config.n_positions:
+            raise ValueError(
+                f"Input of {past_length + seq_len} tokens ({past_length} cached + {seq_len} new) is longer than the "
+                f"context of n_positions={self.config.n_positions}"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device).unsqueeze(0)
+
+        # None for an unpadded batch under sdpa (its is_causal path), else the mask each backend expects.
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+        for block in self.h:
+            hidden_states = block(hidden_states, attention_mask=causal_mask, cache=cache, **kwargs)
+        hidden_states = self.ln_f(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
+
+
+class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
+    """GPT-2 with its LM head; the loss is next-token cross-entropy through the library's loss function."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        self.transformer = GPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels: (B, T) token ids, shifted inside the model (labels = input_ids is right); -100 is ignored.
+        kwargs: passed to the attention and the loss; Trainer's `num_items_in_batch` (target tokens in the whole
+            optimizer step) makes the loss a sum over this micro-batch divided by it, so gradient accumulation
+            equals one big batch.
+        """
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # (B, T, C)
+        vocab_size = self.config.vocab_size
+
+        if labels is not None and self.config.loss_chunk_size and self.training:
+            logits = None  # never materialised: the fused loss walks over chunks of tokens
+            loss = chunked_cross_entropy(
+                hidden_states,
+                self.lm_head.weight,
+                labels,
+                vocab_size=vocab_size,
+                chunk_size=self.config.loss_chunk_size,
+                num_items_in_batch=kwargs.get("num_items_in_batch"),
+            )
+        else:
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
+            if logits.shape[-1] != vocab_size:
+                logits = logits[..., :vocab_size]  # drop the padding rows: they are not tokens
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(logits, labels, vocab_size=vocab_size, **kwargs)
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum over valid tokens of cross_entropy(hidden @ weight[:vocab].T, target), computed chunk by chunk.
+
+    The gradients are computed during the forward pass (softmax minus one-hot, times the chunk's inputs), so
+    neither the logits nor their softmax outlive one chunk; backward only scales the stored gradients.
+    The same idea as the fused linear cross-entropy of Liger-Kernel and Apple's Cut Cross-Entropy.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_size: int):
+        # hidden: (N, C); weight: (V_padded, C); targets: (N,), -100 = ignore
+        vocab_weight = weight[:vocab_size]  # (V, C)
+        needs_grad_hidden, needs_grad_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if needs_grad_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad_weight else None
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            chunk = hidden[start : start + chunk_size]  # (n, C)
+            chunk_targets = targets[start : start + chunk_size]  # (n,)
+            logits = (chunk @ vocab_weight.T).float()  # (n, V)
+            valid = chunk_targets != -100
+            safe_targets = chunk_targets.clamp(min=0)
+            log_norm = torch.logsumexp(logits, dim=-1)  # (n,)
+            target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1)
+            loss_sum = loss_sum + ((log_norm - target_logits) * valid).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            # d(loss_sum)/d(logits) = softmax - onehot(target), zero for ignored tokens
+            grad_logits = torch.exp(logits - log_norm[:, None])
+            grad_logits.scatter_add_(1, safe_targets[:, None], -torch.ones_like(target_logits)[:, None])
+            grad_logits = (grad_logits * valid[:, None]).to(chunk.dtype)  # (n, V)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_size] = grad_logits @ vocab_weight  # (n, C)
+            if grad_weight is not None:
+                grad_weight[:vocab_size] += (grad_logits.T @ chunk).float()  # (V, C)
+        ctx.save_for_backward(
+            grad_hidden if grad_hidden is not None else torch.empty(0),
+            grad_weight if grad_weight is not None else torch.empty(0),
+        )
+        ctx.weight_dtype = weight.dtype
+        return loss_sum
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = grad_hidden * grad_output if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None
+
+
+def chunked_cross_entropy(hidden_states, weight, labels, vocab_size, chunk_size, num_items_in_batch=None):
+    """Next-token cross-entropy of `hidden_states @ weight.T` without materialising all logits.
+
+    Same normalisation as transformers' ForCausalLMLoss: the mean over target tokens, or the sum divided by
+    `num_items_in_batch` when Trainer passes it for gradient accumulation.
+    """
+    targets = F.pad(labels, (0, 1), value=-100)[..., 1:]  # (B, T): token t predicts token t + 1
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*T, C)
+    targets = targets.reshape(-1).to(hidden.device)  # (B*T,)
+    loss_sum = _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_size)
+    if num_items_in_batch is None:
+        return loss_sum / (targets != -100).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+    return loss_sum / num_items_in_batch
+
+
+__all__ = ["GPTModel", "GPTForCausalLM", "GPTPreTrainedModel"]
