@@ -95,6 +95,23 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
 
 
+def check_safetensors_header(path: str | Path) -> None:
+    """Cheaply verify that a safetensors file is complete: its header parses and its tensors fit in the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            if not 0 < header_length <= size - 8:
+                raise ValueError(f"header length {header_length} does not fit in {size} bytes")
+            header = json.loads(handle.read(header_length))
+        data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        if 8 + header_length + data_end != size:
+            raise ValueError(f"tensors end at byte {8 + header_length + data_end} but the file has {size}")
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from None
+
+
 def load_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory, merged across shards."""
     state = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .checkpoints import CheckpointError, atomic_directory, load_state_dict
+from .checkpoints import CheckpointError, atomic_directory, check_safetensors_header, load_state_dict, weight_files
 from .configuration_gpt import GPTConfig
 from .modeling_gpt import GPTForCausalLM
 
@@ -23,7 +23,9 @@ CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
 # Buffers that old GPT-2 checkpoints carry (the causal mask); they are not parameters.
 IGNORED_OPENAI_KEYS = (".attn.bias", ".attn.masked_bias")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
-HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+HUB_FILES = [
+    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*.py", *TOKENIZER_FILES
+]
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -171,6 +173,23 @@ def load_openai_gpt2(name_or_path: str | Path, make_vocab_size_divisible_by: int
         )
     config = gpt_config_from_gpt2(GPT2Config.from_dict(raw_config), make_vocab_size_divisible_by)
     return _build(GPTForCausalLM, config, state_dict_from_openai(load_state_dict(directory), config))
+
+
+def load_model(name_or_path: str | Path, **from_pretrained_kwargs) -> GPTForCausalLM:
+    """Any GPT this recipe can use: a recipe checkpoint as saved, or OpenAI's GPT-2 layout (Hub id or local
+    directory, e.g. a to-openai export) converted on the fly. Weights are read from safetensors only."""
+    directory = resolve_checkpoint(name_or_path)
+    model_type = _read_config(directory).get("model_type")
+    if model_type == "gpt2":
+        return load_openai_gpt2(directory)
+    if model_type != GPTConfig.model_type:
+        raise CheckpointError(
+            f"{directory / 'config.json'} has model_type={model_type!r}: neither a recipe GPT "
+            f"({GPTConfig.model_type!r}) nor OpenAI's GPT-2 ('gpt2')"
+        )
+    for path in weight_files(directory):  # names a missing or pickle-only checkpoint before transformers does
+        check_safetensors_header(path)
+    return GPTForCausalLM.from_pretrained(directory, use_safetensors=True, **from_pretrained_kwargs)
 
 
 def _copy_tokenizer(source: Path, destination: Path) -> bool:

@@ -1,0 +1,380 @@
+"""Run settings: one flat JSON file plus `--key value` overrides, parsed by HfArgumentParser and checked early.
+
+Merge order: dataclass defaults < the JSON file < the command line. Every check here runs before any data or
+model work, so a mistake in a config costs seconds, not a GPU-hour.
+"""
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from argparse import ArgumentError
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from .configuration_gpt import GPTConfig
+
+RUN_CONFIG_FILE = "run_config.json"  # the resolved settings, written into output_dir at the start of a run
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the value."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Absent: train from scratch. An OpenAI GPT-2 Hub id or transformers GPT-2 directory: "
+                          "convert and fine-tune. A recipe checkpoint: continue from it."},
+    )
+    model_config: dict | str | None = field(
+        default=None,
+        metadata={"help": "GPTConfig overrides for training from scratch, e.g. {\"n_layer\": 6} (JSON on the CLI)."},
+    )
+    make_vocab_size_divisible_by: int = field(
+        default=64,
+        metadata={"help": "Pad the embedding rows to a multiple of this (64: 50,257 -> 50,304, faster on GPUs). "
+                          "Logits are cut back to the vocabulary, so results for real tokens do not change."},
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "eager | sdpa | flex_attention | flash_attention_2 | flash_attention_3"}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.model_config, str):
+            try:
+                self.model_config = json.loads(self.model_config)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"model_config={self.model_config!r} is not a JSON object: {error}") from None
+        if self.model_config is not None and not isinstance(self.model_config, dict):
+            raise ConfigError(f"model_config must be a JSON object of GPTConfig fields, got {self.model_config!r}")
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes blocks. Names follow transformers' run_clm.py."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, e.g. HuggingFaceFW/fineweb-edu."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's config, e.g. sample-10BT."})
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Local training text: files, directories or globs of .txt (one file = one document), "
+                          ".json/.jsonl or .parquet (one row = one document)."},
+    )
+    validation_files: list[str] | None = field(default=None, metadata={"help": "Local validation text, as train_files."})
+    text_column: str = field(default="text", metadata={"help": "The column holding the text (json, parquet, Hub)."})
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={"help": "Percent of the training documents held out for validation when there is no validation "
+                          "split or validation_files."},
+    )
+    validation_documents: int | None = field(
+        default=None,
+        metadata={"help": "Streaming only: hold out the first N documents of the stream as validation (a "
+                          "percentage needs the dataset's length, which a stream does not have)."},
+    )
+    block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep at most this many training blocks."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many validation blocks."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenizing and grouping (datasets' num_proc)."}
+    )
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream the dataset (IterableDataset): for corpora larger than disk or RAM."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of reusing datasets' cache."})
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub id or local tokenizer directory. Default: GPT-2's BPE, bundled (no network)."},
+    )
+    train_tokenizer_vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Train a new byte-level BPE of this vocabulary size on the training corpus (saved with "
+                          "the run) instead of using tokenizer_name."},
+    )
+
+
+@dataclass
+class RecipeTrainingArguments(TrainingArguments):
+    """TrainingArguments with the GPT-2 reproductions' defaults (build-nanogpt, llm.c), plus the recipe's knobs."""
+
+    # AdamW as in GPT-3's paper (Brown et al. 2020, appendix B) and the GPT-2 reproductions: betas (0.9, 0.95).
+    optim: str = field(default="adamw_torch_fused", metadata={"help": "The optimizer (Trainer's names)."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=0.1, metadata={"help": "Decay of 2-D weights (matmuls and embeddings)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clipping."})
+    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Trainer's scheduler names."})
+    lr_scheduler_kwargs: dict | str | None = field(
+        default_factory=lambda: {"min_lr_rate": 0.1}, metadata={"help": "Cosine decay to 10% of the peak."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 autocast. Absent: on when the GPU supports it, fp32 on CPU."}
+    )
+    tf32: bool | None = field(default=None, metadata={"help": "TF32 matmuls. Absent: on with an Ampere+ GPU."})
+    include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Log tokens seen."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, ..."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    save_steps: float = field(default=500, metadata={"help": "Save a checkpoint every N optimizer steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "no | steps | epoch"})
+    eval_steps: float | None = field(default=250, metadata={"help": "Evaluate every N optimizer steps."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "Dataloader worker processes."})
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds another run. Without it, the same config "
+                          "resumes from its last complete checkpoint, and a different config is refused."},
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "Validate the config, build the model, print the plan; touch no data."}
+    )
+    dry_run_gpu: str = field(default="H100", metadata={"help": "The GPU the dry run's time estimate is for."})
+    dry_run_num_gpus: int | None = field(default=None, metadata={"help": "GPUs for the estimate (default: this launch's processes)."})
+    dry_run_mfu: float = field(default=0.4, metadata={"help": "Model FLOPs utilisation assumed by the estimate."})
+    peak_tflops: float | None = field(
+        default=None, metadata={"help": "bf16 dense peak per device for MFU; absent: looked up from the GPU's name."}
+    )
+    sample_prompt: str = field(
+        default="Hello, I'm a language model,", metadata={"help": "Prompt of the greedy sample logged at each eval."}
+    )
+    sample_max_new_tokens: int = field(default=32, metadata={"help": "Length of that sample (0: no sample)."})
+    hellaswag_file: str | None = field(
+        default=None, metadata={"help": "A local HellaSwag jsonl to evaluate during training (acc_norm logged)."}
+    )
+    hellaswag_steps: int = field(default=0, metadata={"help": "Evaluate HellaSwag every N steps (0: never)."})
+    hellaswag_limit: int | None = field(default=None, metadata={"help": "Examples of HellaSwag to use."})
+    nonfinite_loss: Literal["stop", "skip"] = field(
+        default="stop",
+        metadata={"help": "A NaN/inf loss stops the run (stop) or its batch is skipped (skip). Never saved."},
+    )
+
+    def __post_init__(self):
+        cuda = torch.cuda.is_available() and not self.use_cpu
+        if self.bf16 is None:
+            self.bf16 = cuda and torch.cuda.is_bf16_supported()
+        elif self.bf16 and not (cuda and torch.cuda.is_bf16_supported()):
+            raise ConfigError("bf16=true needs a GPU with bfloat16 support and none is in use; remove bf16 (automatic)")
+        if self.tf32 is None and cuda and torch.cuda.get_device_capability()[0] >= 8:
+            self.tf32 = True
+        super().__post_init__()
+
+
+@dataclass
+class Settings:
+    model: ModelArguments
+    data: DataArguments
+    training: RecipeTrainingArguments
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step = micro-batch x accumulation x processes x sequence length (build-nanogpt)."""
+        training = self.training
+        return (
+            training.per_device_train_batch_size
+            * training.gradient_accumulation_steps
+            * training.world_size
+            * self.data.block_size
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings as one flat, JSON-serialisable dict (the shape of a config file)."""
+        resolved = {}
+        for arguments in (self.model, self.data, self.training):
+            for item in dataclasses.fields(arguments):
+                if item.init and not item.name.startswith("_") and item.name not in NOT_SERIALISED:
+                    resolved[item.name] = _jsonable(getattr(arguments, item.name))
+        return resolved
+
+
+NOT_SERIALISED = {"hub_token", "local_rank"}  # secrets and per-process launch details
+
+# Keys that do not change what a run computes: they may differ when the same run is resumed.
+RESUME_NEUTRAL_KEYS = {
+    "overwrite_output_dir", "resume_from_checkpoint", "dry_run", "dry_run_gpu", "dry_run_num_gpus", "dry_run_mfu",
+    "report_to", "run_name", "project", "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node",
+    "logging_steps", "logging_first_step", "logging_strategy", "push_to_hub", "hub_model_id", "hub_strategy",
+    "hub_private_repo", "hub_always_push", "hub_revision", "save_steps", "save_strategy", "save_total_limit",
+    "eval_steps", "eval_strategy", "eval_on_start", "per_device_eval_batch_size", "max_eval_samples",
+    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "preprocessing_num_workers", "overwrite_cache", "sample_prompt", "sample_max_new_tokens", "hellaswag_file",
+    "hellaswag_steps", "hellaswag_limit", "peak_tflops", "skip_memory_metrics", "output_dir",
+}
+
+
+def _jsonable(value):
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeTrainingArguments)
+
+
+def _field_types() -> dict[str, Any]:
+    types_by_name = {}
+    for arguments_class in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(arguments_class)
+        for item in dataclasses.fields(arguments_class):
+            if item.init:
+                types_by_name[item.name] = hints[item.name]
+    return types_by_name
+
+
+def _matches(value, annotation) -> bool:
+    """Whether a JSON value can stand for a field of this type annotation."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return value in [member.value for member in annotation]
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is list or annotation is list:
+        item_types = typing.get_args(annotation)
+        return isinstance(value, list) and all(_matches(item, item_types[0]) for item in value if item_types)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True  # anything richer (e.g. accelerator configs) is checked by the dataclass itself
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a config file, with unknown keys and wrongly typed values refused by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}): {error.msg}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold one JSON object of settings, got {type(raw).__name__}")
+    field_types = _field_types()
+    unknown = sorted(key for key in raw if key not in field_types)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown} (not a model, data or training setting)")
+    for key, value in raw.items():
+        if isinstance(value, str) and field_types[key] not in (str, str | None):
+            continue  # argparse converts it (and names it if it cannot)
+        if not _matches(value, field_types[key]):
+            raise ConfigError(f"{path}: {key}={value!r} has the wrong type (expected {field_types[key]})")
+    return raw
+
+
+def parse_settings(config_file: str | Path, overrides: list[str] | None = None) -> Settings:
+    """Defaults < JSON file < `--key value` overrides, then the early checks of `check_settings`."""
+    raw = read_config_file(config_file)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
+    parser.set_defaults(**raw)
+    try:
+        model, data, training = parser.parse_args_into_dataclasses(args=list(overrides or []), look_for_args_file=False)
+    except ArgumentError as error:
+        raise ConfigError(f"{error}") from None
+    except ValueError as error:  # unknown --keys, and values the dataclasses refuse
+        raise ConfigError(str(error).splitlines()[0]) from None
+    settings = Settings(model, data, training)
+    check_settings(settings)
+    return settings
+
+
+def model_config_overrides(model: ModelArguments) -> dict[str, Any]:
+    """model_config checked against GPTConfig's fields (GPTConfig itself would accept any key silently)."""
+    overrides = dict(model.model_config or {})
+    known = {item.name for item in dataclasses.fields(GPTConfig)}
+    unknown = sorted(key for key in overrides if key not in known)
+    if unknown:
+        raise ConfigError(f"model_config has unknown keys {unknown}; GPTConfig fields are e.g. n_layer, n_embd, n_head")
+    return overrides
+
+
+def _context_length(settings: Settings) -> int | None:
+    """n_positions of the model this run will train, when it is known without loading weights."""
+    source = settings.model.model_name_or_path
+    if source is None:
+        return model_config_overrides(settings.model).get("n_positions", GPTConfig().n_positions)
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()).get("n_positions")
+    return 1024 if source.split("/")[-1] in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") else None
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse, by key and value, what cannot run. Cheap: no data, no weights."""
+    model, data, training = settings.model, settings.data, settings.training
+    if model.model_name_or_path is None:
+        try:
+            GPTConfig(**model_config_overrides(model))
+        except ValueError as error:
+            raise ConfigError(f"model_config: {error}") from None
+    elif model.model_config:
+        raise ConfigError("model_config applies to training from scratch; drop it or model_name_or_path")
+    positives = {
+        "learning_rate": training.learning_rate,
+        "per_device_train_batch_size": training.per_device_train_batch_size,
+        "per_device_eval_batch_size": training.per_device_eval_batch_size,
+        "gradient_accumulation_steps": training.gradient_accumulation_steps,
+        "block_size": data.block_size,
+        "make_vocab_size_divisible_by": model.make_vocab_size_divisible_by,
+    }
+    for key, value in positives.items():
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{key}={value} must be positive")
+    context = _context_length(settings)
+    if context is not None and data.block_size > context:
+        raise ConfigError(f"block_size={data.block_size} is longer than the model's context n_positions={context}")
+    if training.max_steps > 0 and training.warmup_steps >= 1 and training.warmup_steps >= training.max_steps:
+        raise ConfigError(
+            f"warmup_steps={training.warmup_steps} is not shorter than the run (max_steps={training.max_steps})"
+        )
+    if not 0 <= data.validation_split_percentage < 100:
+        raise ConfigError(f"validation_split_percentage={data.validation_split_percentage} must be in [0, 100)")
+    if data.dataset_name is None and not data.train_files:
+        raise ConfigError("no training data: set dataset_name (a Hub dataset) or train_files (local files)")
+    if training.hellaswag_steps > 0 and not training.hellaswag_file:
+        raise ConfigError(f"hellaswag_steps={training.hellaswag_steps} needs hellaswag_file (a local jsonl)")
+    check_output_dir(settings)
+
+
+def check_output_dir(settings: Settings) -> None:
+    """An output_dir holding another run's config is refused unless overwrite_output_dir is set."""
+    previous_file = Path(settings.training.output_dir) / RUN_CONFIG_FILE
+    if settings.training.overwrite_output_dir or not previous_file.is_file():
+        return
+    previous = json.loads(previous_file.read_text())
+    current = settings.to_dict()
+    changed = sorted(
+        key for key in set(previous) | set(current)
+        if key not in RESUME_NEUTRAL_KEYS and previous.get(key) != current.get(key)
+    )
+    if changed:
+        details = ", ".join(f"{key}: {previous.get(key)!r} -> {current.get(key)!r}" for key in changed[:5])
+        raise ConfigError(
+            f"output_dir={settings.training.output_dir} holds a run with a different config ({details}); "
+            f"set overwrite_output_dir to start over there, or choose another output_dir"
+        )
