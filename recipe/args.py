@@ -120,6 +120,7 @@ class RecipeTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "bf16 autocast. Absent: on when the GPU supports it, fp32 on CPU."}
     )
     tf32: bool | None = field(default=None, metadata={"help": "TF32 matmuls. Absent: on with an Ampere+ GPU."})
+    use_cpu: bool | None = field(default=None, metadata={"help": "Train on the CPU. Absent: when there is no GPU."})
     include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Log tokens seen."})
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, ..."})
@@ -129,6 +130,12 @@ class RecipeTrainingArguments(TrainingArguments):
     eval_steps: float | None = field(default=250, metadata={"help": "Evaluate every N optimizer steps."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "Dataloader worker processes."})
 
+    tokens_per_step: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per optimizer step (GPT-2 reproduction: 524,288). When set, gradient_accumulation_steps "
+                          "is derived: tokens_per_step / (per_device_train_batch_size x processes x block_size), so "
+                          "one config runs unchanged on 1, 8 or 16 GPUs."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start over in an output_dir that holds another run. Without it, the same config "
@@ -158,6 +165,8 @@ class RecipeTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.use_cpu is None:  # Trainer needs it set to run data parallel on CPU-only machines
+            self.use_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         cuda = torch.cuda.is_available() and not self.use_cpu
         if self.bf16 is None:
             self.bf16 = cuda and torch.cuda.is_bf16_supported()
@@ -299,8 +308,29 @@ def parse_settings(config_file: str | Path, overrides: list[str] | None = None) 
     except ValueError as error:  # unknown --keys, and values the dataclasses refuse
         raise ConfigError(str(error).splitlines()[0]) from None
     settings = Settings(model, data, training)
+    if training.tokens_per_step is not None:
+        explicit = "gradient_accumulation_steps" in raw or any(
+            item.split("=")[0] in ("--gradient_accumulation_steps", "--gradient-accumulation-steps")
+            for item in overrides or []
+        )
+        if explicit:
+            raise ConfigError("set tokens_per_step or gradient_accumulation_steps, not both (one derives the other)")
+        training.gradient_accumulation_steps = accumulation_for(training.tokens_per_step, settings)
     check_settings(settings)
     return settings
+
+
+def accumulation_for(tokens_per_step: int, settings: Settings) -> int:
+    """Micro-batches per optimizer step so that batch x accumulation x processes x block = tokens_per_step."""
+    training = settings.training
+    per_micro_step = training.per_device_train_batch_size * training.world_size * settings.data.block_size
+    if tokens_per_step <= 0 or tokens_per_step % per_micro_step:
+        raise ConfigError(
+            f"tokens_per_step={tokens_per_step} is not a positive multiple of per_device_train_batch_size "
+            f"({training.per_device_train_batch_size}) x processes ({training.world_size}) x block_size "
+            f"({settings.data.block_size}) = {per_micro_step}; change per_device_train_batch_size"
+        )
+    return tokens_per_step // per_micro_step
 
 
 def model_config_overrides(model: ModelArguments) -> dict[str, Any]:

@@ -19,7 +19,7 @@ class CheckpointError(ValueError):
     """A checkpoint directory or file that cannot be used; the message names it."""
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
     """Flush every file and directory under `root` to disk, so a rename after it publishes complete data."""
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
@@ -48,7 +48,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False):
     staging.mkdir()
     try:
         yield staging
-        _fsync_tree(staging)
+        fsync_tree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -4,38 +4,26 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import torch
 
+from recipe import GPTForCausalLM
 from recipe.convert import from_openai
 from recipe.tokenization import gpt2_tokenizer
-from recipe import GPTForCausalLM
 
-LOAD_WITHOUT_RECIPE = textwrap.dedent(
-    """
-    import importlib.abc, json, sys
+LOAD_WITHOUT_RECIPE = Path(__file__).parent / "scripts" / "load_without_recipe.py"
 
-    class NoRecipe(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "recipe" or name.startswith("recipe."):
-                raise ImportError("the recipe package must not be needed to load a checkpoint")
 
-    sys.meta_path.insert(0, NoRecipe())
-    from transformers import AutoModelForCausalLM, pipeline
-
-    checkpoint = sys.argv[1]
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
-    generator = pipeline("text-generation", model=checkpoint, trust_remote_code=True)
-    text = generator("To be, or not to be", max_new_tokens=8, do_sample=False)[0]["generated_text"]
-    print(json.dumps({
-        "class": type(model).__name__,
-        "module": type(model).__module__,
-        "text": text,
-        "recipe_imported": any(name == "recipe" or name.startswith("recipe.") for name in sys.modules),
-    }))
-    """
-)
+def load_in_fresh_python(checkpoint: Path, prompt: str) -> dict:
+    """Run scripts/load_without_recipe.py on a checkpoint; its JSON report."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, str(LOAD_WITHOUT_RECIPE), str(checkpoint), prompt],
+        cwd=checkpoint.parent, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_checkpoint_loads_and_generates_without_the_package(openai_gpt2_dir, tmp_path):
@@ -46,13 +34,7 @@ def test_checkpoint_loads_and_generates_without_the_package(openai_gpt2_dir, tmp
     auto_map = json.loads((checkpoint / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"] == "modeling_gpt.GPTForCausalLM"
 
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_RECIPE, str(checkpoint)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = load_in_fresh_python(checkpoint, "To be, or not to be")
     assert loaded["class"] == "GPTForCausalLM"
     assert loaded["module"].startswith("transformers_modules.")
     assert not loaded["recipe_imported"]

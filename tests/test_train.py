@@ -1,0 +1,176 @@
+"""recipe/train.py end to end on CPU: learning, data parallel = accumulation, resume, optimiser and schedule."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+from recipe.args import parse_settings
+from recipe.modeling_gpt import GPTForCausalLM
+from recipe.train import main, train
+from test_remote_code import load_in_fresh_python
+
+SCRIPTS = Path(__file__).parent / "scripts"
+PLAYS = ["hamlet_gut.txt", "macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.txt"]
+
+
+def tiny_config(tmp_path: Path, name: str = "run", **overrides) -> Path:
+    """A config of a 2-layer GPT on four plays: seconds per run on two CPU cores."""
+    config = {
+        "train_files": [str(REPO_ROOT / "data" / "shakespeare" / play) for play in PLAYS],
+        "validation_split_percentage": 25,
+        "model_config": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64},
+        "block_size": 64,
+        "max_eval_samples": 32,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "max_steps": 30,
+        "warmup_steps": 5,
+        "learning_rate": 3e-3,
+        "logging_steps": 5,
+        "eval_steps": 15,
+        "save_steps": 15,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "sample_max_new_tokens": 8,
+        "sample_prompt": "To be, or not to be",
+        "output_dir": str(tmp_path / name),
+        "seed": 0,
+    }
+    config.update(overrides)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model.safetensors")
+
+
+def test_tiny_run_learns_and_its_output_loads_anywhere(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    assert main([str(config)]) == 0
+    output_dir = tmp_path / "run"
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    train_losses = [entry["loss"] for entry in history if "loss" in entry]
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert eval_losses[-1] < eval_losses[0]
+    logged = next(entry for entry in history if "tokens_per_second" in entry)
+    assert {"learning_rate", "grad_norm", "num_input_tokens_seen", "eta_seconds"} <= set(logged)
+    assert any("eval_perplexity" in entry for entry in history)
+    assert "sample at step 15: 'To be, or not to be" in capsys.readouterr().out
+
+    expected_files = {
+        "model.safetensors", "config.json", "configuration_gpt.py", "modeling_gpt.py", "generation_config.json",
+        "tokenizer.json", "tokenizer_config.json", "trainer_state.json", "run_config.json", "README.md",
+        "checkpoint-15", "checkpoint-30",
+    }
+    assert expected_files <= {path.name for path in output_dir.iterdir()}
+    assert GPTForCausalLM.from_pretrained(output_dir / "checkpoint-15").config.n_layer == 2
+    loaded = load_in_fresh_python(output_dir, "To be, or not to be")
+    assert loaded["class"] == "GPTForCausalLM" and not loaded["recipe_imported"]
+    assert loaded["text"].startswith("To be, or not to be")
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_accumulation(tmp_path):
+    common = {"max_steps": 6, "eval_strategy": "no", "save_strategy": "no", "sample_max_new_tokens": 0,
+              "per_device_train_batch_size": 4}
+    single = tiny_config(tmp_path, "single", gradient_accumulation_steps=2, **common)
+    parallel = tiny_config(tmp_path, "parallel", **common)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(SCRIPTS / "train_and_dump.py"), str(tmp_path / "single-dump"), str(single)],
+                   check=True, env=environment, cwd=REPO_ROOT, capture_output=True)
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+        str(SCRIPTS / "train_and_dump.py"), str(tmp_path / "parallel-dump"), str(parallel),
+    ]
+    result = subprocess.run(launch, env=environment, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rank0 = load_file(tmp_path / "parallel-dump" / "rank0.safetensors")
+    rank1 = load_file(tmp_path / "parallel-dump" / "rank1.safetensors")
+    reference = load_file(tmp_path / "single-dump" / "rank0.safetensors")
+    assert json.loads((tmp_path / "parallel" / "trainer_state.json").read_text())["global_step"] == 6
+    for name, tensor in reference.items():
+        assert torch.equal(rank0[name], rank1[name]), name
+        assert (rank0[name] - tensor).abs().max().item() <= 1e-5, name
+
+
+def test_resuming_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
+    uninterrupted = tiny_config(tmp_path, "whole", max_steps=12, save_steps=4, eval_steps=6)
+    assert main([str(uninterrupted)]) == 0
+
+    # The same run, as if it had died right after saving checkpoint-4: only that checkpoint survives.
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(tmp_path / "whole" / "checkpoint-4", resumed_dir / "checkpoint-4")
+    shutil.copy(tmp_path / "whole" / "run_config.json", resumed_dir / "run_config.json")
+    resumed = tiny_config(tmp_path, "resumed", max_steps=12, save_steps=4, eval_steps=6)
+    assert main([str(resumed)]) == 0
+
+    expected, actual = _final_weights(tmp_path / "whole"), _final_weights(resumed_dir)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_only_2d_tensors_are_decayed_and_the_schedule_is_gpt2s(tmp_path):
+    settings = parse_settings(tiny_config(tmp_path, max_steps=100, warmup_steps=10, learning_rate=6e-4), [])
+    trainer = train_for_inspection(settings)
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    decayed = {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] == 0.1
+               for p in group["params"]}
+    not_decayed = {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] == 0.0
+                   for p in group["params"]}
+    parameters = list(trainer.model.parameters())
+    assert decayed == {id(p) for p in parameters if p.dim() == 2}
+    assert not_decayed == {id(p) for p in parameters if p.dim() < 2}
+    group = trainer.optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-8 and group.get("fused")
+
+    rates = []
+    for _ in range(100):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    rates.append(trainer.lr_scheduler.get_last_lr()[0])
+    assert max(rates) == pytest.approx(6e-4) and rates.index(max(rates)) == 10  # peak at the end of warm-up
+    assert rates[5] == pytest.approx(3e-4)  # linear warm-up
+    assert rates[-1] == pytest.approx(6e-5)  # cosine down to 10% of the peak
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(rates[10:], rates[11:]))
+
+
+def train_for_inspection(settings):
+    """A GPTTrainer on the config's data, without training."""
+    from recipe.data import collate_blocks, load_or_train_tokenizer, prepare_datasets
+    from recipe.train import build_model
+    from recipe.trainer import GPTTrainer
+
+    tokenizer = load_or_train_tokenizer(settings.data, settings.training.output_dir)
+    datasets = prepare_datasets(settings.data, tokenizer)
+    return GPTTrainer(
+        model=build_model(settings, len(tokenizer), tokenizer.eos_token_id),
+        args=settings.training,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["validation"],
+        data_collator=collate_blocks,
+    )
+
+
+def test_gpt2_124m_config_passes_the_dry_run(capsys):
+    assert main([str(REPO_ROOT / "configs" / "gpt2_124m.json"), "--dry_run", "--dry_run_num_gpus", "8"]) == 0
+    output = capsys.readouterr().out
+    plan = json.loads(output[output.index("{"):])
+    assert plan["parameters"] == 124_475_904  # 124,439,808 + 47 padding rows x 768
+    assert plan["tokens_per_step"] == 524_288
+    assert plan["steps"] == 19_073 and plan["total_tokens"] == 19_073 * 524_288
+    assert plan["estimate"].endswith("on 8 x H100 at 40% MFU")
