@@ -273,6 +273,17 @@ def _matches(value, annotation) -> bool:
     return True  # anything richer (e.g. accelerator configs) is checked by the dataclass itself
 
 
+def _is_scalar(annotation) -> bool:
+    """A type that argparse can build from one string (numbers, booleans, strings, choices)."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return all(
+        option in (int, float, bool, str, type(None))
+        or typing.get_origin(option) is Literal
+        or (isinstance(option, type) and issubclass(option, Enum))
+        for option in options
+    )
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The JSON object of a config file, with unknown keys and wrongly typed values refused by name."""
     path = Path(path)
@@ -289,8 +300,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown} (not a model, data or training setting)")
     for key, value in raw.items():
-        if isinstance(value, str) and field_types[key] not in (str, str | None):
-            continue  # argparse converts it (and names it if it cannot)
+        if isinstance(value, str) and _is_scalar(field_types[key]):
+            continue  # argparse converts "1e-3" to a float, or names the key and value if it cannot
         if not _matches(value, field_types[key]):
             raise ConfigError(f"{path}: {key}={value!r} has the wrong type (expected {field_types[key]})")
     return raw
@@ -299,7 +310,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def parse_settings(config_file: str | Path, overrides: list[str] | None = None) -> Settings:
     """Defaults < JSON file < `--key value` overrides, then the early checks of `check_settings`."""
     raw = read_config_file(config_file)
-    parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False)
+    # No abbreviations: `--learning_rat 1` must be an unknown key, not a silent learning_rate=1.
+    parser = HfArgumentParser(ARGUMENT_CLASSES, exit_on_error=False, allow_abbrev=False)
     parser.set_defaults(**raw)
     try:
         model, data, training = parser.parse_args_into_dataclasses(args=list(overrides or []), look_for_args_file=False)

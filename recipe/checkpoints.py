@@ -1,5 +1,6 @@
 """Checkpoint files on disk: written atomically, read as safetensors only, with errors that name the file."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -59,6 +60,40 @@ def atomic_directory(path: str | Path, overwrite: bool = False):
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.rename(staging, path)
+
+
+CHECKSUMS_FILE = "checksums.sha256"  # sha256sum's format, so `sha256sum -c checksums.sha256` works too
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: str | Path) -> None:
+    """Record the SHA-256 of every file under `directory`, so a later read can tell a damaged file by name."""
+    directory = Path(directory)
+    files = sorted(path for path in directory.rglob("*") if path.is_file() and path.name != CHECKSUMS_FILE)
+    lines = [f"{_sha256(path)}  {path.relative_to(directory).as_posix()}\n" for path in files]
+    (directory / CHECKSUMS_FILE).write_text("".join(lines))
+
+
+def verify_checksums(directory: str | Path) -> None:
+    """Raise a CheckpointError naming the first file that is missing or differs from its recorded SHA-256."""
+    directory = Path(directory)
+    listing = directory / CHECKSUMS_FILE
+    if not listing.is_file():
+        raise CheckpointError(f"{directory} has no {CHECKSUMS_FILE}: it was not completely written by this recipe")
+    for line in listing.read_text().splitlines():
+        expected, name = line.split("  ", 1)
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing from the checkpoint")
+        if _sha256(path) != expected:
+            raise CheckpointError(f"{path} is corrupt or truncated: its SHA-256 differs from {listing}")
 
 
 def weight_files(directory: str | Path) -> list[Path]:

@@ -19,7 +19,7 @@ from transformers.utils import logging
 
 from recipe.args import RUN_CONFIG_FILE, ConfigError, Settings, model_config_overrides, parse_settings
 from recipe.callbacks import HellaSwagCallback, PreemptionCallback, SampleCallback
-from recipe.checkpoints import CheckpointError, check_safetensors_header, weight_files
+from recipe.checkpoints import CheckpointError, verify_checksums
 from recipe.configuration_gpt import GPTConfig
 from recipe.convert import load_model, load_openai_gpt2
 from recipe.modeling_gpt import GPTForCausalLM
@@ -106,10 +106,12 @@ def resume_checkpoint(settings: Settings) -> str | None:
     last = get_last_checkpoint(str(output_dir))
     if last is None:
         return None
-    if not (Path(last) / "trainer_state.json").is_file():
-        raise CheckpointError(f"{last} has no trainer_state.json: not a complete checkpoint; delete it to resume")
-    for path in weight_files(last):
-        check_safetensors_header(path)
+    try:
+        verify_checksums(last)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"{error}. Delete {last} to resume from the checkpoint before it, or set overwrite_output_dir to start over"
+        ) from None
     return last
 
 
@@ -143,6 +145,8 @@ def train(settings: Settings) -> GPTTrainer | None:
         (Path(training.output_dir) / RUN_CONFIG_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
     if training.process_index == 0:
         print(json.dumps({"data": describe_data(settings), **run_plan(settings, model)}))
+        if checkpoint is not None:
+            print(f"resuming from {checkpoint}")
 
     with training.main_process_first(desc="dataset preparation"):
         datasets = prepare_datasets(settings.data, tokenizer)

@@ -19,7 +19,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .callbacks import PreemptionCallback
-from .checkpoints import fsync_tree
+from .checkpoints import fsync_tree, write_checksums
 from .modeling_gpt import GPTForCausalLM
 
 STAGING_PREFIX = "_partial-"  # never resumed (get_last_checkpoint matches `checkpoint-<N>` only), never pushed (Trainer skips `_*`)
@@ -145,6 +145,7 @@ class GPTTrainer(Trainer):
             self._staging_output_dir = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            write_checksums(staging_root / name)  # lets a resume name a file damaged later
             fsync_tree(staging_root)  # complete on disk before it gets its final name
             final = run_dir / name
             if final.exists():  # a re-save of the same step (e.g. the end of a resumed, finished run)

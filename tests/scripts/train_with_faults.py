@@ -1,0 +1,71 @@
+"""recipe/train.py's main() with faults injected from the environment, for the reliability tests.
+
+RECIPE_TEST_PROGRESS=FILE    append "<step>" to FILE after every optimizer step (so a test knows where the run is)
+RECIPE_TEST_HANG_IN_SAVE=N   hang inside the save of checkpoint-N, after its weights and optimizer are written
+RECIPE_TEST_NAN_AT_STEP=N    make the training loss NaN at optimizer step N (gradient accumulation 1)
+"""
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from recipe.modeling_gpt import GPTForCausalLM
+from recipe.train import main
+from recipe.trainer import GPTTrainer
+
+progress_file = os.environ.get("RECIPE_TEST_PROGRESS")
+hang_step = int(os.environ.get("RECIPE_TEST_HANG_IN_SAVE", 0))
+nan_step = int(os.environ.get("RECIPE_TEST_NAN_AT_STEP", 0))
+
+
+class ReportProgress(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        with open(progress_file, "a") as handle:
+            handle.write(f"{state.global_step}\n")
+
+
+original_init = GPTTrainer.__init__
+
+
+def init_with_progress(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    if progress_file:
+        self.add_callback(ReportProgress())
+
+
+GPTTrainer.__init__ = init_with_progress
+
+original_save = GPTTrainer._save_optimizer_and_scheduler
+
+
+def save_then_hang(self, output_dir):
+    original_save(self, output_dir)
+    if self.state.global_step == hang_step:
+        Path(progress_file).with_suffix(".saving").write_text(output_dir)
+        time.sleep(600)
+
+
+GPTTrainer._save_optimizer_and_scheduler = save_then_hang
+
+original_forward = GPTForCausalLM.forward
+training_forwards = 0
+
+
+@functools.wraps(original_forward)  # Trainer reads the signature to pick dataset columns
+def forward_with_nan(self, *args, **kwargs):
+    global training_forwards
+    output = original_forward(self, *args, **kwargs)
+    if self.training:
+        training_forwards += 1
+        if training_forwards == nan_step:
+            output.loss = output.loss * float("nan")
+    return output
+
+
+GPTForCausalLM.forward = forward_with_nan
+
+sys.exit(main(sys.argv[1:]))

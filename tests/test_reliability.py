@@ -1,0 +1,177 @@
+"""Fault injection: kill -9 anywhere, preemption signals, NaN losses, damaged checkpoints, bad configs.
+
+Every run here is a subprocess of scripts/train_with_faults.py (recipe/train.py's main plus injected faults),
+and every resume is compared with an uninterrupted run of the same config, weight for weight.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+from recipe.train import main
+from test_train import tiny_config
+
+pytestmark = pytest.mark.slow
+
+FAULTS = Path(__file__).parent / "scripts" / "train_with_faults.py"
+RUN = dict(max_steps=12, save_steps=3, eval_strategy="no", sample_max_new_tokens=0, logging_steps=1)
+
+
+def start(config: Path, progress: Path, **faults) -> subprocess.Popen:
+    environment = {**os.environ, "RECIPE_TEST_PROGRESS": str(progress), "OMP_NUM_THREADS": "2"}
+    environment.update({f"RECIPE_TEST_{key.upper()}": str(value) for key, value in faults.items()})
+    return subprocess.Popen(
+        [sys.executable, str(FAULTS), str(config)], cwd=REPO_ROOT, env=environment,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finish(config: Path, progress: Path, **faults) -> subprocess.CompletedProcess:
+    process = start(config, progress, **faults)
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"the run ended early: {process.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def steps_done(progress: Path) -> int:
+    return len(progress.read_text().split()) if progress.exists() else 0
+
+
+def weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model.safetensors")
+
+
+def assert_same_weights(expected: dict, actual: dict):
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Final weights of the run every interrupted run must end with."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    result = finish(tiny_config(directory, **RUN), directory / "progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return weights(directory / "run")
+
+
+def test_sigkill_at_a_random_step_then_the_same_command_ends_identically(tmp_path, uninterrupted):
+    kill_after = random.randint(2, 10)  # any step must work; the number is in the failure message
+    config = tiny_config(tmp_path, **RUN)
+    process = start(config, tmp_path / "progress")
+    wait_for(lambda: steps_done(tmp_path / "progress") >= kill_after, process)
+    process.kill()
+    process.wait()
+    assert not (tmp_path / "run" / "model.safetensors").exists(), "the run finished before it was killed"
+
+    result = finish(config, tmp_path / "progress")
+    assert result.returncode == 0, f"killed after step {kill_after}: {result.stderr[-3000:]}"
+    assert_same_weights(uninterrupted, weights(tmp_path / "run"))
+
+
+def test_sigkill_during_a_checkpoint_write_is_never_resumed_from(tmp_path, uninterrupted):
+    config = tiny_config(tmp_path, **RUN)
+    process = start(config, tmp_path / "progress", hang_in_save=9)
+    wait_for(lambda: (tmp_path / "progress.saving").exists(), process)
+    process.kill()
+    process.wait()
+    output_dir = tmp_path / "run"
+    assert not (output_dir / "checkpoint-9").exists()
+    assert (output_dir / "_partial-checkpoint-9" / "checkpoint-9" / "model.safetensors").exists()
+    assert (output_dir / "checkpoint-6" / "checksums.sha256").exists()
+
+    result = finish(config, tmp_path / "progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {output_dir / 'checkpoint-6'}" in result.stdout
+    assert not (output_dir / "_partial-checkpoint-9").exists()
+    assert_same_weights(uninterrupted, weights(output_dir))
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_preemption_saves_at_the_step_boundary_and_exits_cleanly(tmp_path, uninterrupted, signal_number):
+    config = tiny_config(tmp_path, **RUN)
+    process = start(config, tmp_path / "progress")
+    wait_for(lambda: steps_done(tmp_path / "progress") >= 4, process)
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    stopped_at = steps_done(tmp_path / "progress")
+    assert f"{signal.Signals(signal_number).name}: stopped after step {stopped_at}" in stdout
+    assert "Run the same command again to resume" in stdout
+    assert (tmp_path / "run" / f"checkpoint-{stopped_at}" / "checksums.sha256").exists()
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+    result = finish(config, tmp_path / "progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(uninterrupted, weights(tmp_path / "run"))
+
+
+def test_nonfinite_loss_stops_at_its_step_and_writes_no_nan(tmp_path):
+    config = tiny_config(tmp_path, **RUN)
+    result = finish(config, tmp_path / "progress", nan_at_step=8)
+    assert result.returncode == 1
+    assert "error: non-finite loss at step 8" in result.stderr
+    assert "Last good checkpoint: " in result.stderr and "checkpoint-6" in result.stderr
+    output_dir = tmp_path / "run"
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert not (output_dir / "model.safetensors").exists()
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        assert all(torch.isfinite(tensor).all() for tensor in weights(checkpoint).values())
+
+
+def test_nonfinite_loss_can_skip_its_batch_instead(tmp_path):
+    config = tiny_config(tmp_path, **{**RUN, "nonfinite_loss": "skip", "save_steps": 1})
+    result = finish(config, tmp_path / "progress", nan_at_step=8)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output_dir = tmp_path / "run"
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert any(entry.get("skipped_nonfinite_batches") == 1 for entry in history)
+    assert all(torch.isfinite(tensor).all() for tensor in weights(output_dir).values())
+    # The skipped step left the weights exactly as they were.
+    assert_same_weights(weights(output_dir / "checkpoint-7"), weights(output_dir / "checkpoint-8"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+@pytest.mark.parametrize("victim", ["model.safetensors", "optimizer.pt"])
+def test_a_damaged_checkpoint_file_is_named(tmp_path, damage, victim):
+    config = tiny_config(tmp_path, **{**RUN, "max_steps": 3, "warmup_steps": 1})
+    assert main([str(config)]) == 0
+    damaged = tmp_path / "run" / "checkpoint-3" / victim
+    data = bytearray(damaged.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert main([str(config)]) == 2
+
+
+def test_a_damaged_checkpoint_error_is_one_line_naming_the_file(tmp_path, capsys):
+    config = tiny_config(tmp_path, **{**RUN, "max_steps": 3, "warmup_steps": 1})
+    assert main([str(config)]) == 0
+    capsys.readouterr()
+    damaged = tmp_path / "run" / "checkpoint-3" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert main([str(config)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"error: {damaged} is corrupt or truncated" in error
+    assert "Delete" in error and "checkpoint-3" in error
