@@ -7,6 +7,7 @@ model work, so a mistake in a config costs seconds, not a GPU-hour.
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from argparse import ArgumentError
@@ -398,6 +399,11 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(f"validation_split_percentage={data.validation_split_percentage} must be in [0, 100)")
     if data.dataset_name is None and not data.train_files:
         raise ConfigError("no training data: set dataset_name (a Hub dataset) or train_files (local files)")
+    uses_deepspeed = bool(training.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if training.nonfinite_loss == "skip" and uses_deepspeed:
+        raise ConfigError('nonfinite_loss="skip" does not work with DeepSpeed, which steps inside its backward; use "stop"')
+    if data.streaming and training.max_steps <= 0:
+        raise ConfigError(f"streaming=true needs max_steps > 0 (a stream has no length to count epochs), got {training.max_steps}")
     if training.hellaswag_steps > 0 and not training.hellaswag_file:
         raise ConfigError(f"hellaswag_steps={training.hellaswag_steps} needs hellaswag_file (a local jsonl)")
     check_output_dir(settings)
