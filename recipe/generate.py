@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.accelerator.current_accelerator() or torch.device("cpu")
         streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
         texts = generate_text(
-            model.to(device), tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-            args.top_p, args.num_return_sequences, args.seed, streamer,
+            model.to(device), tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            num_return_sequences=args.num_return_sequences, seed=args.seed, streamer=streamer,
         )
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
