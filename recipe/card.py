@@ -38,23 +38,24 @@ def parameter_count(run_dir: Path) -> int | None:
     return count
 
 
-def tokens_per_step(run_config: dict, trainer_state: dict) -> tuple[str, int] | None:
-    """("2 x 4 x 8 processes x 1,024", 65,536): micro-batch x accumulation x processes x block size.
+def tokens_per_step(run_config: dict, trainer_state: dict) -> str | None:
+    """"2 × 4 × 8 processes × 1,024 = 65,536": micro-batch × accumulation × processes × block size.
 
-    The number of processes is not in the config; it is what makes the tokens the Trainer counted add up.
+    The number of processes is not in the config; it is the one that makes the tokens the Trainer counted add up.
+    When none does, the figure is given per process.
     """
     try:
-        per_process = (run_config["per_device_train_batch_size"] * run_config["gradient_accumulation_steps"]
-                       * run_config["block_size"])
+        micro_batch, accumulation = run_config["per_device_train_batch_size"], run_config["gradient_accumulation_steps"]
+        block_size = run_config["block_size"]
     except KeyError:
         return None
+    per_process = micro_batch * accumulation * block_size
     tokens, steps = trainer_state.get("num_input_tokens_seen", 0), trainer_state.get("global_step", 0)
     processes = round(tokens / (steps * per_process)) if steps else 0
     if processes < 1 or processes * steps * per_process != tokens:
-        return None
-    formula = (f"{run_config['per_device_train_batch_size']} × {run_config['gradient_accumulation_steps']} × "
-               f"{processes} process{'es' if processes > 1 else ''} × {run_config['block_size']:,}")
-    return formula, per_process * processes
+        return f"{micro_batch} × {accumulation} × {block_size:,} = {per_process:,} per process"
+    return (f"{micro_batch} × {accumulation} × {processes} process{'es' if processes > 1 else ''} × {block_size:,}"
+            f" = {per_process * processes:,}")
 
 
 def _metadata(run_dir: Path, run_config: dict) -> ModelCardData:
@@ -111,7 +112,7 @@ def _training(run_dir: Path, run_config: dict, trainer_state: dict) -> list[tupl
             rows.append((setting, f"{run_config[key]:,}"))
     step_tokens = tokens_per_step(run_config, trainer_state)
     if step_tokens:
-        rows.append(("tokens per optimizer step", f"{step_tokens[0]} = {step_tokens[1]:,}"))
+        rows.append(("tokens per optimizer step", step_tokens))
     if "global_step" in trainer_state:
         rows.append(("optimizer steps", f"{trainer_state['global_step']:,}"))
     if trainer_state.get("num_input_tokens_seen"):

@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import HfApi, metadata_load, metadata_save
 from huggingface_hub.errors import OfflineModeIsEnabled
 
-from recipe.card import write_model_card
+from recipe.card import tokens_per_step, write_model_card
 from recipe.evaluate import main as evaluate_main
 from recipe.plot import plot_runs
 from recipe.push import main
@@ -72,6 +72,14 @@ def test_card_reports_data_hyperparameters_metrics_and_usage(run_dir):
     card = write_model_card(run_dir, REPO_ID).read_text()
     assert "](loss.png)" in card
     assert metadata_load(run_dir / "README.md")["license"] == "apache-2.0"
+
+
+def test_tokens_per_step_counts_the_processes_that_make_the_logged_tokens_add_up():
+    config = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 4, "block_size": 1024}
+    per_process = 16 * 4 * 1024
+    eight_gpus = {"global_step": 10, "num_input_tokens_seen": 10 * 8 * per_process}
+    assert tokens_per_step(config, eight_gpus) == f"16 × 4 × 8 processes × 1,024 = {8 * per_process:,}"
+    assert tokens_per_step(config, {}) == f"16 × 4 × 1,024 = {per_process:,} per process"  # no log: unknown
 
 
 @pytest.fixture
