@@ -406,11 +406,11 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(f"streaming=true needs max_steps > 0 (a stream has no length to count epochs), got {training.max_steps}")
     if training.hellaswag_steps > 0 and not training.hellaswag_file:
         raise ConfigError(f"hellaswag_steps={training.hellaswag_steps} needs hellaswag_file (a local jsonl)")
-    check_output_dir(settings)
 
 
 def check_output_dir(settings: Settings) -> None:
-    """An output_dir holding another run's config is refused unless overwrite_output_dir is set."""
+    """An output_dir holding another run's config is refused unless overwrite_output_dir is set (training only:
+    evaluating or preparing data from a config does not write there)."""
     previous_file = Path(settings.training.output_dir) / RUN_CONFIG_FILE
     if settings.training.overwrite_output_dir or not previous_file.is_file():
         return

@@ -47,9 +47,10 @@ class SampleCallback(TrainerCallback):
 
 
 class HellaSwagCallback(TrainerCallback):
-    """Score HellaSwag from a local file every `every_steps` optimizer steps; logged with the losses."""
+    """Score HellaSwag from a local file every `every_steps` optimizer steps (and at the end), logged with the
+    losses as eval_hellaswag_acc / eval_hellaswag_acc_norm. Every process scores its share of the examples."""
 
-    def __init__(self, trainer, examples, every_steps: int):
+    def __init__(self, trainer, examples: list[dict], every_steps: int):
         self.trainer = trainer
         self.examples = examples
         self.every_steps = every_steps
@@ -59,17 +60,10 @@ class HellaSwagCallback(TrainerCallback):
             return
         from .evaluate import score_hellaswag
 
-        was_training = model.training
-        model.eval()
         with torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=bool(args.bf16)):
             scores = score_hellaswag(
-                model,
-                self.trainer.processing_class,
-                self.examples,
-                batch_size=args.per_device_eval_batch_size,
-                accelerator=self.trainer.accelerator,
+                model, self.trainer.processing_class, self.examples, batch_size=args.per_device_eval_batch_size
             )
-        model.train(was_training)
         self.trainer.log({"eval_hellaswag_acc": scores["acc"], "eval_hellaswag_acc_norm": scores["acc_norm"]})
 
 

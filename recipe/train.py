@@ -17,12 +17,20 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from recipe.args import RUN_CONFIG_FILE, ConfigError, Settings, model_config_overrides, parse_settings
+from recipe.args import (
+    RUN_CONFIG_FILE,
+    ConfigError,
+    Settings,
+    check_output_dir,
+    model_config_overrides,
+    parse_settings,
+)
 from recipe.callbacks import HellaSwagCallback, PreemptionCallback, SampleCallback
 from recipe.checkpoints import CheckpointError, verify_checksums
 from recipe.configuration_gpt import GPTConfig
 from recipe.convert import load_model, load_openai_gpt2
 from recipe.modeling_gpt import GPTForCausalLM
+from recipe.push import push_run
 from recipe.tokenization import load_tokenizer
 from recipe.trainer import STAGING_PREFIX, GPTTrainer, NonFiniteLossError, flops_per_token, peak_flops
 
@@ -128,6 +136,7 @@ def train(settings: Settings) -> GPTTrainer | None:
     training = settings.training
     from recipe.data import collate_blocks, load_or_train_tokenizer, prepare_datasets
 
+    check_output_dir(settings)
     set_seed(training.seed)
     if training.dry_run:  # no data: the vocabulary size comes from the tokenizer or the one to be trained
         vocab_size = settings.data.train_tokenizer_vocab_size or len(load_tokenizer(settings.data.tokenizer_name))
@@ -150,6 +159,10 @@ def train(settings: Settings) -> GPTTrainer | None:
 
     with training.main_process_first(desc="dataset preparation"):
         datasets = prepare_datasets(settings.data, tokenizer)
+
+    # The finished run is pushed by recipe.push (one commit, the recipe's card, no pickles), not by Trainer.
+    push_repo = (training.hub_model_id or Path(training.output_dir).resolve().name) if training.push_to_hub else None
+    training.push_to_hub = False
 
     trainer = GPTTrainer(
         model=model,
@@ -179,10 +192,10 @@ def train(settings: Settings) -> GPTTrainer | None:
     trainer.save_state()
     trainer.save_metrics("train", result.metrics)
     trainer.save_metrics("eval", trainer.evaluate())
-    if trainer.is_world_process_zero():
-        trainer.create_model_card()
-    if training.push_to_hub:
-        trainer.push_to_hub()
+    trainer.create_model_card()  # with the loss plot
+    if push_repo is not None and trainer.is_world_process_zero():
+        commit = push_run(training.output_dir, push_repo, private=bool(training.hub_private_repo))
+        print(f"pushed {training.output_dir} to {commit.commit_url}")
     return trainer
 
 

@@ -19,8 +19,10 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .callbacks import PreemptionCallback
+from .card import write_model_card
 from .checkpoints import fsync_tree, write_checksums
 from .modeling_gpt import GPTForCausalLM
+from .plot import PLOT_FILE, plot_runs
 
 STAGING_PREFIX = "_partial-"  # never resumed (get_last_checkpoint matches `checkpoint-<N>` only), never pushed (Trainer skips `_*`)
 
@@ -124,6 +126,17 @@ class GPTTrainer(Trainer):
         input_ids = inputs["input_ids"]
         self.seq_len = input_ids.shape[-1]
         self.state.num_input_tokens_seen += input_ids.numel() * self.args.world_size
+
+    # -- output -----------------------------------------------------------------------------------------------
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """The recipe's card (data, hyperparameters, results, loss plot) instead of Trainer's generic one."""
+        if not self.is_world_process_zero():
+            return
+        output_dir = Path(self.args.output_dir)
+        if (output_dir / "trainer_state.json").is_file():
+            plot_runs([output_dir], output_dir / PLOT_FILE)
+        write_model_card(output_dir)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 

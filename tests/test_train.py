@@ -174,3 +174,44 @@ def test_gpt2_124m_config_passes_the_dry_run(capsys):
     assert plan["tokens_per_step"] == 524_288
     assert plan["steps"] == 19_073 and plan["total_tokens"] == 19_073 * 524_288
     assert plan["estimate"].endswith("on 8 x H100 at 40% MFU")
+
+
+def test_push_to_hub_uploads_weights_config_code_tokenizer_and_card_in_one_commit(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls.append(("create_commit", repo_id, sorted(operation.path_in_repo for operation in operations)))
+        return type("Commit", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    config = tiny_config(tmp_path, max_steps=4, warmup_steps=1, save_steps=2, eval_steps=2,
+                         push_to_hub=True, hub_model_id="someone/tiny-gpt")
+    assert main([str(config)]) == 0
+    assert [call[:2] for call in calls] == [("create_repo", "someone/tiny-gpt"), ("create_commit", "someone/tiny-gpt")]
+    files = set(calls[1][2])
+    expected = {"model.safetensors", "config.json", "configuration_gpt.py", "modeling_gpt.py",
+                "generation_config.json", "tokenizer.json", "tokenizer_config.json", "README.md", "loss.png"}
+    assert expected <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) or name.startswith("checkpoint-") for name in files)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "someone/tiny-gpt" in card and "eval" in card.lower()
+
+
+def test_hellaswag_during_training_is_logged_with_the_losses(tmp_path):
+    examples = [{"ctx": "The cat sat on the", "endings": ["mat.", "moon.", "idea.", "run."], "label": 0},
+                {"ctx": "To be, or not to", "endings": ["be.", "fish.", "red.", "seven."], "label": 0}]
+    hellaswag_file = tmp_path / "hellaswag.jsonl"
+    hellaswag_file.write_text("".join(json.dumps(example) + "\n" for example in examples))
+    config = tiny_config(tmp_path, max_steps=6, warmup_steps=1, eval_strategy="no", sample_max_new_tokens=0,
+                         hellaswag_file=str(hellaswag_file), hellaswag_steps=3)
+    assert main([str(config)]) == 0
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    scored = [entry for entry in history if "eval_hellaswag_acc_norm" in entry]
+    assert [entry["step"] for entry in scored] == [3, 6]
+    assert all(0.0 <= entry["eval_hellaswag_acc_norm"] <= 1.0 for entry in scored)
