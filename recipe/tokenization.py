@@ -1,13 +1,25 @@
-"""Tokenizers: GPT-2's BPE from files bundled with the package (no network), or any transformers tokenizer."""
+"""Tokenizers: GPT-2's BPE from files bundled with the package (no network), or any transformers tokenizer.
 
+GPT-2's BPE also exists as a tiktoken Encoding built from the same files: identical ids, about 13x faster on whole
+documents, so the data pipeline uses it whenever a tokenizer turns out to be GPT-2's.
+"""
+
+import functools
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 GPT2_ASSETS = Path(__file__).parent / "assets" / "gpt2"
 GPT2_VOCAB_FILE = GPT2_ASSETS / "encoder.json"  # OpenAI's name; `vocab.json` in the Hub's layout
 GPT2_MERGES_FILE = GPT2_ASSETS / "vocab.bpe"  # OpenAI's name; `merges.txt` in the Hub's layout
+GPT2_EOT_TOKEN = "<|endoftext|>"
 GPT2_EOT_ID = 50256  # <|endoftext|>, GPT-2's document separator and its only special token
+GPT2_VOCAB_SIZE = 50257
 
 # Every OpenAI GPT-2 size shares one BPE, byte-identical to the bundled files, so these names need no Hub lookup.
 GPT2_HUB_IDS = {
@@ -26,3 +38,45 @@ def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenize
     if name_or_path is None or (str(name_or_path) in GPT2_HUB_IDS and not Path(name_or_path).exists()):
         return gpt2_tokenizer()
     return AutoTokenizer.from_pretrained(str(name_or_path))
+
+
+@functools.cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    """tiktoken's GPT-2 Encoding, built from the bundled files (tiktoken.get_encoding("gpt2") would download them)."""
+    mergeable_ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(GPT2_MERGES_FILE), encoder_json_file=str(GPT2_VOCAB_FILE)
+    )
+    return tiktoken.Encoding(
+        "gpt2",
+        pat_str=r50k_pat_str,  # tiktoken's faster equivalent of GPT-2's pre-tokenization regex
+        mergeable_ranks=mergeable_ranks,
+        special_tokens={GPT2_EOT_TOKEN: GPT2_EOT_ID},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
+
+
+def _id_defining_parts(tokenizer: PreTrainedTokenizerBase) -> dict | None:
+    """What decides a tokenizers-backed tokenizer's ids: the BPE model (vocab, merges, options), the normalizer,
+    the pre-tokenizer and the added tokens. None for a tokenizer without a `tokenizers` backend."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    serialized = json.loads(backend.to_str())
+    return {part: serialized.get(part) for part in ("model", "normalizer", "pre_tokenizer", "added_tokens")}
+
+
+@functools.cache
+def _gpt2_id_defining_parts() -> dict:
+    return _id_defining_parts(gpt2_tokenizer())
+
+
+def is_gpt2_bpe(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether `tokenizer` gives exactly GPT-2's ids: the same vocab, merges, pre-tokenization and special token as
+    the bundled files, whatever it is called or wherever it was loaded from."""
+    return _id_defining_parts(tokenizer) == _gpt2_id_defining_parts()
+
+
+def train_bpe_tokenizer(text_batches: Iterable[list[str]], vocab_size: int) -> PreTrainedTokenizerBase:
+    """A new byte-level BPE of `vocab_size` tokens learnt from `text_batches`, with GPT-2's pre-tokenization and
+    `<|endoftext|>` as its only special token (its eos)."""
+    return gpt2_tokenizer().train_new_from_iterator(text_batches, vocab_size=vocab_size)
