@@ -185,7 +185,8 @@ def machine() -> str:
          if line.startswith("model name")),
         platform.processor(),
     )
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {platform.system()} {platform.release()}"
+    cpus = f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))})"
+    return f"{cpus}, {model}, {platform.system()} {platform.release()}"
 
 
 def versions() -> str:

@@ -48,7 +48,8 @@ def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenize
     try:
         return tokenization.load_tokenizer(name_or_path)
     except OSError as error:
-        raise DataError(f"tokenizer_name={str(name_or_path)!r} cannot be loaded: {str(error).splitlines()[0]}") from None
+        reason = str(error).splitlines()[0]
+        raise DataError(f"tokenizer_name={str(name_or_path)!r} cannot be loaded: {reason}") from None
 
 
 def load_or_train_tokenizer(data_args: DataArguments, output_dir: str | Path) -> PreTrainedTokenizerBase:
@@ -99,7 +100,8 @@ def resolve_data_files(patterns: list[str], key: str) -> list[Path]:
             if not matches:
                 raise DataError(f"{key}: no file matches {pattern}")
         elif path.is_dir():
-            matches = sorted(match for match in path.rglob("*") if match.suffix in DATA_FILE_BUILDERS and match.is_file())
+            matches = sorted(match for match in path.rglob("*") if match.suffix in DATA_FILE_BUILDERS)
+            matches = [match for match in matches if match.is_file()]
             if not matches:
                 raise DataError(f"{key}: directory {pattern} holds no {SUPPORTED_SUFFIXES} files")
         elif path.is_file():
@@ -143,7 +145,8 @@ def _load_files(patterns: list[str], key: str, streaming: bool) -> Dataset | Ite
     # One .txt file = one document. The text builder yields each as a one-row table, which datasets buffers until
     # writer_batch_size rows (default 1,000 documents, all in memory) before writing: write every batch instead.
     options = {"sample_by": "document", "writer_batch_size": DOCUMENTS_PER_BATCH} if builder == "text" else {}
-    return load_dataset(builder, data_files=[str(file) for file in files], split="train", streaming=streaming, **options)
+    data_files = [str(file) for file in files]
+    return load_dataset(builder, data_files=data_files, split="train", streaming=streaming, **options)
 
 
 def _load_hub_dataset(data_args: DataArguments) -> dict[str, Dataset | IterableDataset]:
@@ -187,19 +190,22 @@ def _hold_out_validation(documents: Dataset | IterableDataset, data_args: DataAr
 
 
 def _check_documents(documents: Dataset | IterableDataset, text_column: str, source: str) -> None:
-    """An unknown text column or a corpus without text is refused here, before any tokenization."""
+    """An unknown text column, missing texts or a corpus without text are refused here, before any tokenization."""
     if isinstance(documents, IterableDataset):
-        first = next(iter(documents.take(1)), None)  # a stream's columns and emptiness show in its first row
-        columns, empty = (list(first) if first else []), first is None
+        first = next(iter(documents.take(1)), None)  # a stream shows its columns, and whether it is empty, in row one
+        if first is None:
+            raise DataError(f"{source} is empty: it holds no documents")
+        columns = list(first)
     else:
         columns = documents.column_names
-        empty = len(documents) == 0 or (
-            text_column in columns and pc.sum(pc.binary_length(documents.data.column(text_column))).as_py() == 0
-        )
-    if empty:
-        raise DataError(f"{source} is empty: it holds no text")
     if text_column not in columns:
         raise DataError(f"text_column={text_column!r} is not a column of {source}; its columns are {columns}")
+    if isinstance(documents, Dataset):
+        texts = documents.data.column(text_column)
+        if texts.null_count:
+            raise DataError(f"{source}: {texts.null_count} of its {len(documents)} rows have no {text_column!r}")
+        if not pc.sum(pc.binary_length(texts)).as_py():
+            raise DataError(f"{source} is empty: it holds no text")
 
 
 def load_documents(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
@@ -338,7 +344,8 @@ def group_into_blocks(tokenized, data_args: DataArguments):
     for split, dataset in tokenized.items():
         if isinstance(dataset, Dataset) and (tokens := count_tokens(dataset)) < block_size:
             raise DataError(
-                f"the {split} split has {tokens} tokens, fewer than block_size={block_size}: add text or lower block_size"
+                f"the {split} split has {tokens} tokens, fewer than block_size={block_size}: "
+                f"add text or lower block_size"
             )
     blocks = _map_splits(
         tokenized,

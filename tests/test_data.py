@@ -4,7 +4,6 @@ import json
 from dataclasses import replace
 
 import datasets
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -202,7 +201,8 @@ def test_collate_blocks_gives_long_input_ids_and_the_same_ids_as_labels(scenes):
     assert batch["input_ids"].shape == (3, 64)
     assert batch["input_ids"][1].tolist() == blocks[1]["input_ids"]
     assert torch.equal(batch["labels"], batch["input_ids"])
-    assert torch.equal(collate_blocks(list(blocks.with_format("numpy").select(range(3))))["input_ids"], batch["input_ids"])
+    numpy_rows = list(blocks.with_format("numpy").select(range(3)))
+    assert torch.equal(collate_blocks(numpy_rows)["input_ids"], batch["input_ids"])
 
 
 def test_trained_tokenizer_is_saved_with_the_run_and_reused(scenes, tmp_path, monkeypatch):
@@ -268,6 +268,12 @@ def not_utf8(tmp_path):
     return {"train_files": [str(path)]}, f"train_files: {path} is not UTF-8 text"
 
 
+def not_utf8_json(tmp_path):  # pyarrow's json reader would store the invalid bytes without a word
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes('{"text": "Café au lait"}\n'.encode("latin-1"))
+    return {"train_files": [str(path)], "validation_documents": 1}, f"train_files: {path} is not UTF-8 text"
+
+
 def empty_corpus(tmp_path):
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text("")
@@ -288,13 +294,21 @@ def unknown_text_column(tmp_path):
     return settings, "text_column='text' is not a column of train_files; its columns are ['body']"
 
 
+def rows_without_text(tmp_path):
+    (tmp_path / "rows.jsonl").write_text('{"text": "Now is the winter"}\n{"title": "Richard III"}\n{"text": "of our"}\n')
+    settings = {"train_files": [str(tmp_path / "rows.jsonl")], "validation_documents": 1}
+    return settings, "train_files: 1 of its 3 rows have no 'text'"
+
+
 def hub_dataset_offline(tmp_path):
     settings = {"dataset_name": "HuggingFaceFW/fineweb-edu", "dataset_config_name": "sample-10BT"}
     return settings, "dataset_name='HuggingFaceFW/fineweb-edu' needs the Hugging Face Hub", "use local files instead"
 
 
 @pytest.mark.parametrize(
-    "bad_input", [missing_file, not_utf8, empty_corpus, shorter_than_a_block, unknown_text_column, hub_dataset_offline]
+    "bad_input",
+    [missing_file, not_utf8, not_utf8_json, empty_corpus, shorter_than_a_block, unknown_text_column,
+     rows_without_text, hub_dataset_offline],
 )
 def test_bad_input_is_one_line_on_stderr_and_leaves_no_partial_cache(bad_input, tmp_path, capsys, datasets_cache):
     settings, *messages = bad_input(tmp_path)
