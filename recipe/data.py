@@ -4,9 +4,10 @@
                                  ─► group_into_blocks (map: block_size rows across document boundaries)
 
 Both maps are cached by datasets' fingerprint, so a second run of the same config reads the cache and tokenizes
-nothing; with `streaming` the same two functions run lazily on an IterableDataset. GPT-2's BPE is encoded by tiktoken
-(identical ids, ~13x faster than transformers' tokenizer), and batches stay in Arrow and numpy: memory holds one
-batch of documents, never the corpus.
+nothing. The fingerprint covers the data, the tokenizer and the settings, not this file's code: after changing the
+map functions, set overwrite_cache. With `streaming` the same two functions run lazily on an IterableDataset.
+GPT-2's BPE is encoded by tiktoken (identical ids, ~10x faster than transformers' tokenizer), and batches stay in
+Arrow and numpy: memory holds one batch of documents, never the corpus.
 
 `python -m recipe.data CONFIG.json [--json] [--key value ...]` prepares and caches the datasets of a training config.
 """

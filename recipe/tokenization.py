@@ -1,6 +1,6 @@
 """Tokenizers: GPT-2's BPE from files bundled with the package (no network), or any transformers tokenizer.
 
-GPT-2's BPE also exists as a tiktoken Encoding built from the same files: identical ids, about 13x faster on whole
+GPT-2's BPE also exists as a tiktoken Encoding built from the same files: identical ids, about 10x faster on whole
 documents, so the data pipeline uses it whenever a tokenizer turns out to be GPT-2's.
 """
 
