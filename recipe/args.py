@@ -78,8 +78,8 @@ class DataArguments:
     )
     validation_documents: int | None = field(
         default=None,
-        metadata={"help": "Streaming only: hold out the first N documents of the stream as validation (a "
-                          "percentage needs the dataset's length, which a stream does not have)."},
+        metadata={"help": "Hold out the first N training documents as validation instead of a percentage (needed "
+                          "when streaming without validation_files or a validation split: a stream has no length)."},
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep at most this many training blocks."})

@@ -204,10 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
+    from recipe.data import DataError
+
     try:
         settings = parse_settings(argv[0], argv[1:])
         trainer = train(settings)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

@@ -215,3 +215,33 @@ def test_hellaswag_during_training_is_logged_with_the_losses(tmp_path):
     scored = [entry for entry in history if "eval_hellaswag_acc_norm" in entry]
     assert [entry["step"] for entry in scored] == [3, 6]
     assert all(0.0 <= entry["eval_hellaswag_acc_norm"] <= 1.0 for entry in scored)
+
+
+def test_the_shakespeare_config_runs_end_to_end_shortened(tmp_path, capsys):
+    config = REPO_ROOT / "configs" / "shakespeare.json"
+    overrides = ["--output_dir", str(tmp_path / "shakespeare"), "--max_steps", "20", "--warmup_steps", "2",
+                 "--eval_steps", "10", "--save_steps", "10", "--logging_steps", "5", "--max_eval_samples", "16",
+                 "--train_tokenizer_vocab_size", "512", "--report_to", "none"]
+    assert main([str(config), *overrides]) == 0
+    output_dir = tmp_path / "shakespeare"
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    assert eval_losses[-1] < eval_losses[0]
+    assert "sample at step 20: 'ROMEO:" in capsys.readouterr().out
+    assert len(GPTForCausalLM.from_pretrained(output_dir).transformer.wte.weight) == 512  # 512 is a multiple of 64
+    assert (output_dir / "tokenizer" / "tokenizer.json").is_file()  # the trained BPE is kept with the run
+
+
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "configs").glob("*.json")), ids=lambda path: path.name)
+def test_every_shipped_config_validates(config):
+    settings = parse_settings(config, [])
+    assert settings.tokens_per_step > 0
+
+
+@pytest.mark.parametrize("launcher", sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_accelerate_config_loads(launcher):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    launch = load_config_from_file(str(launcher))
+    assert launch.num_processes >= 1
+    assert launcher.read_text().startswith("#")  # each one explains itself
