@@ -52,7 +52,7 @@ def parity(shape: str, batch: int, seq: int, device: str) -> list[dict]:
 def speed(args) -> list[dict]:
     speed_args = argparse.Namespace(
         device=args.device, shape=args.shape, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup,
-        bf16=args.bf16, compile=args.compile, loss_chunk_size=0,
+        bf16=args.bf16, compile=args.compile, loss_chunk_size=args.loss_chunk_size,
     )
     rows = run_speed(speed_args)
     ours, theirs, ratio = rows
@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int, default=1024 if cuda else 64)
     parser.add_argument("--steps", type=int, default=20 if cuda else 2)
     parser.add_argument("--warmup", type=int, default=5 if cuda else 1)
+    parser.add_argument("--loss_chunk_size", type=int, default=4096, help="ours, as the recipe trains (0: full logits)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=cuda)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=cuda)
     args = parser.parse_args(argv)

@@ -47,6 +47,12 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "eager | sdpa | flex_attention | flash_attention_2 | flash_attention_3"}
     )
+    loss_chunk_size: int = field(
+        default=4096,
+        metadata={"help": "Tokens per chunk of the fused LM-head + cross-entropy used in training: the full fp32 "
+                          "logits are never materialised (less memory, and faster on CPU). 0: the library's loss on "
+                          "full logits. Evaluation and generation always compute full logits."},
+    )
 
     def __post_init__(self):
         if isinstance(self.model_config, str):
@@ -353,6 +359,10 @@ def model_config_overrides(model: ModelArguments) -> dict[str, Any]:
     unknown = sorted(key for key in overrides if key not in known)
     if unknown:
         raise ConfigError(f"model_config has unknown keys {unknown}; GPTConfig fields are e.g. n_layer, n_embd, n_head")
+    for key in ("make_vocab_size_divisible_by", "loss_chunk_size"):
+        if key in overrides:
+            raise ConfigError(f"model_config sets {key}: set it at the top level of the config, where it applies to "
+                              f"every model (from scratch or pretrained)")
     return overrides
 
 
@@ -385,6 +395,8 @@ def check_settings(settings: Settings) -> None:
         "block_size": data.block_size,
         "make_vocab_size_divisible_by": model.make_vocab_size_divisible_by,
     }
+    if model.loss_chunk_size < 0:
+        raise ConfigError(f"loss_chunk_size={model.loss_chunk_size} must be 0 (off) or a positive number of tokens")
     for key, value in positives.items():
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{key}={value} must be positive")

@@ -287,23 +287,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad_weight else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
-            chunk = hidden[start : start + chunk_size]  # (n, C)
-            chunk_targets = targets[start : start + chunk_size]  # (n,)
+            end = min(start + chunk_size, hidden.shape[0])
+            chunk = hidden[start:end]  # (n, C)
+            chunk_targets = targets[start:end]  # (n,)
             logits = (chunk @ vocab_weight.T).float()  # (n, V)
-            valid = chunk_targets != -100
-            safe_targets = chunk_targets.clamp(min=0)
-            log_norm = torch.logsumexp(logits, dim=-1)  # (n,)
-            target_logits = logits.gather(1, safe_targets[:, None]).squeeze(1)
-            loss_sum = loss_sum + ((log_norm - target_logits) * valid).sum()
+            valid = (chunk_targets != -100)[:, None]  # (n, 1)
+            safe_targets = chunk_targets.clamp(min=0)[:, None]  # (n, 1)
+            log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+            loss_sum += ((log_norm - logits.gather(1, safe_targets)) * valid).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
-            # d(loss_sum)/d(logits) = softmax - onehot(target), zero for ignored tokens
-            grad_logits = torch.exp(logits - log_norm[:, None])
-            grad_logits.scatter_add_(1, safe_targets[:, None], -torch.ones_like(target_logits)[:, None])
-            grad_logits = (grad_logits * valid[:, None]).to(chunk.dtype)  # (n, V)
+            # d(loss_sum)/d(logits) = softmax - onehot(target), zero for ignored tokens; in place, in the logits
+            grad_logits = logits.sub_(log_norm).exp_()
+            grad_logits.scatter_add_(1, safe_targets, torch.full_like(log_norm, -1.0))
+            grad_logits = grad_logits.mul_(valid).to(chunk.dtype)  # (n, V)
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk_size] = grad_logits @ vocab_weight  # (n, C)
-            if grad_weight is not None:
+                torch.mm(grad_logits, vocab_weight, out=grad_hidden[start:end])  # (n, C)
+            if grad_weight is not None and chunk.dtype == torch.float32:
+                grad_weight[:vocab_size].addmm_(grad_logits.T, chunk)  # (V, C), accumulated in place
+            elif grad_weight is not None:
                 grad_weight[:vocab_size] += (grad_logits.T @ chunk).float()  # (V, C)
         ctx.save_for_backward(
             grad_hidden if grad_hidden is not None else torch.empty(0),

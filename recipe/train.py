@@ -59,6 +59,7 @@ def build_model(settings: Settings, vocab_size: int, eos_token_id: int | None) -
             f"the tokenizer has {vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
     model.set_attn_implementation(model_args.attn_implementation)
+    model.config.loss_chunk_size = model_args.loss_chunk_size
     model.generation_config.pad_token_id = model.config.eos_token_id
     return model
 

@@ -1,5 +1,6 @@
 """Gradient accumulation through Trainer's num_items_in_batch path equals one full batch."""
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments, default_data_collator
@@ -21,13 +22,14 @@ def _dataset(seq_len: int = 16) -> Dataset:
     return Dataset.from_dict(rows)
 
 
-def _model() -> GPTForCausalLM:
+def _model(loss_chunk_size: int = 0) -> GPTForCausalLM:
     torch.manual_seed(0)
-    return GPTForCausalLM(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=16))
+    config = GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=16, loss_chunk_size=loss_chunk_size)
+    return GPTForCausalLM(config)
 
 
-def _one_sgd_step(tmp_path, batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
-    model = _model()
+def _one_sgd_step(tmp_path, batch_size: int, accumulation: int, loss_chunk_size: int) -> dict[str, torch.Tensor]:
+    model = _model(loss_chunk_size)
     args = TrainingArguments(
         output_dir=str(tmp_path / f"run-{batch_size}x{accumulation}"),
         per_device_train_batch_size=batch_size,
@@ -48,9 +50,10 @@ def _one_sgd_step(tmp_path, batch_size: int, accumulation: int) -> dict[str, tor
     return {name: before[name] - p.detach() for name, p in model.named_parameters()}  # = the gradient
 
 
-def test_two_unequal_micro_batches_equal_the_full_batch(tmp_path):
-    full = _one_sgd_step(tmp_path, batch_size=4, accumulation=1)
-    accumulated = _one_sgd_step(tmp_path, batch_size=2, accumulation=2)
+@pytest.mark.parametrize("loss_chunk_size", [0, 7], ids=["library-loss", "chunked-loss"])
+def test_two_unequal_micro_batches_equal_the_full_batch(tmp_path, loss_chunk_size):
+    full = _one_sgd_step(tmp_path, batch_size=4, accumulation=1, loss_chunk_size=loss_chunk_size)
+    accumulated = _one_sgd_step(tmp_path, batch_size=2, accumulation=2, loss_chunk_size=loss_chunk_size)
     for name in full:
         assert (full[name] - accumulated[name]).abs().max().item() <= 1e-6, name
 
