@@ -11,14 +11,12 @@ import sys
 
 import torch
 
-from common import header, median, table, timed, twin_models
+from common import add_shape_arguments, median, print_report, timed, twin_models
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", default="124m", choices=["tiny", "small", "124m"])
-    parser.add_argument("--batch", type=int, default=1)
+    add_shape_arguments(parser, shape="124m", batch=1)
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -47,11 +45,9 @@ def main(argv=None) -> int:
              "new tokens/s": f"{new_tokens / median(seconds[name]):,.1f}"} for name in models]
     ratio = median(seconds["GPT2LMHeadModel"]) / median(seconds["ours"])
     rows.append({"model": "ratio ours / GPT2LMHeadModel", "time (ms)": "", "new tokens/s": f"**{ratio:.2f}x**"})
-    command = "python benchmarks/bench_decode.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(header("Greedy decoding with the KV cache: ours vs GPT2LMHeadModel", command))
-    print(f"shape {args.shape}, batch {args.batch}, {args.prompt}-token prompt, {args.new_tokens} new tokens, "
-          f"median of {args.repeats} interleaved runs\n")
-    print(table(rows))
+    print_report("Greedy decoding with the KV cache: ours vs GPT2LMHeadModel", argv,
+                 f"shape {args.shape}, batch {args.batch}, {args.prompt}-token prompt, {args.new_tokens} new tokens, "
+                 f"median of {args.repeats} interleaved runs", rows)
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from common import header, table, twin_models
+from common import add_shape_arguments, print_report, twin_models
 
 VARIANTS = {
     "ours": dict(model="ours", loss_chunk_size=0),
@@ -55,10 +55,7 @@ def measure(args, variant: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", default="124m", choices=["tiny", "small", "124m"])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=1024)
+    add_shape_arguments(parser, shape="124m", batch=4, seq=1024)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # the worker mode
     args = parser.parse_args(argv)
@@ -71,19 +68,28 @@ def main(argv=None) -> int:
 
     results = {}
     for name in VARIANTS:
-        worker = subprocess.run([sys.executable, __file__, *argv, "--variant", name],
-                                capture_output=True, text=True, check=True)
+        worker = subprocess.run([sys.executable, __file__, *argv, "--variant", name], capture_output=True, text=True)
+        if worker.returncode == -9:  # the kernel's OOM killer: the variant does not fit in this machine's memory
+            results[name] = None
+            continue
+        if worker.returncode != 0:
+            raise SystemExit(f"error: the {name} worker failed:\n{worker.stderr[-2000:]}")
         results[name] = json.loads(worker.stdout.strip().splitlines()[-1])
-    baseline = results["GPT2LMHeadModel"]["peak_bytes"]
-    rows = [{
-        "variant": name,
-        "peak memory (GiB)": f"{result['peak_bytes'] / 2**30:.2f}",
-        "vs GPT2LMHeadModel": f"{result['peak_bytes'] / baseline:.2f}x",
-        "loss": f"{result['loss']:.6f}",
-    } for name, result in results.items()]
-    print(header("Peak training-step memory", "python benchmarks/bench_memory.py " + " ".join(argv)))
-    print(f"shape {args.shape}, batch {args.batch} x {args.seq} tokens, {'bf16' if args.bf16 else 'fp32'}\n")
-    print(table(rows))
+    baseline = (results["GPT2LMHeadModel"] or {}).get("peak_bytes")
+    rows = []
+    for name, result in results.items():
+        if result is None:
+            rows.append({"variant": name, "peak memory (GiB)": "killed: out of memory", "vs GPT2LMHeadModel": "",
+                         "loss": ""})
+            continue
+        rows.append({
+            "variant": name,
+            "peak memory (GiB)": f"{result['peak_bytes'] / 2**30:.2f}",
+            "vs GPT2LMHeadModel": f"{result['peak_bytes'] / baseline:.2f}x" if baseline else "",
+            "loss": f"{result['loss']:.6f}",
+        })
+    print_report("Peak training-step memory", argv,
+                 f"shape {args.shape}, batch {args.batch} x {args.seq} tokens, {'bf16' if args.bf16 else 'fp32'}", rows)
     return 0
 
 

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from common import header, median, table, timed, twin_models
+from common import add_shape_arguments, median, print_report, timed, twin_models
 from recipe.trainer import flops_per_token, peak_flops
 
 
@@ -69,10 +69,7 @@ def run(args) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", default="small", choices=["tiny", "small", "124m"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
+    add_shape_arguments(parser, shape="small", batch=8, seq=256)
     parser.add_argument("--steps", type=int, default=10, help="measured steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per model first")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
@@ -82,11 +79,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = run(args)
-    print(header("Training step: ours vs GPT2LMHeadModel (sdpa)", "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)))
     loss = f"chunked cross-entropy ({args.loss_chunk_size} tokens)" if args.loss_chunk_size else "library loss"
-    print(f"shape {args.shape}, batch {args.batch} x {args.seq} tokens, {'bf16' if args.bf16 else 'fp32'}, "
-          f"{'compiled' if args.compile else 'eager'}, ours with the {loss}, median of {args.steps} interleaved steps\n")
-    print(table(rows))
+    print_report("Training step: ours vs GPT2LMHeadModel (sdpa)", argv,
+                 f"shape {args.shape}, batch {args.batch} x {args.seq} tokens, {'bf16' if args.bf16 else 'fp32'}, "
+                 f"{'compiled' if args.compile else 'eager'}, ours with the {loss}, median of {args.steps} "
+                 f"interleaved steps", rows)
     return 0
 
 

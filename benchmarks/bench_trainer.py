@@ -14,9 +14,9 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback, get_scheduler
+from transformers import PrinterCallback, TrainerCallback, get_scheduler
 
-from common import header, median, table, timed, twin_models
+from common import add_shape_arguments, median, print_report, timed, twin_models
 from recipe.args import RecipeTrainingArguments
 from recipe.data import collate_blocks
 from recipe.trainer import GPTTrainer
@@ -68,16 +68,14 @@ def trainer_run(model, dataset, steps: int, args) -> list[float]:
         )
         trainer = GPTTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collate_blocks,
                              callbacks=[timer])
+        trainer.remove_callback(PrinterCallback)  # the logs are computed as usual, only not printed over the table
         trainer.train()
     return timer.times
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", default="small", choices=["tiny", "small", "124m"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
+    add_shape_arguments(parser, shape="small", batch=8, seq=256)
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of both runs")
     parser.add_argument("--workers", type=int, default=0, help="Trainer dataloader workers")
@@ -101,11 +99,9 @@ def main(argv=None) -> int:
             for name, times in (("bare PyTorch", bare_times), ("GPTTrainer", trainer_times))]
     overhead = median(trainer_times) / median(bare_times) - 1
     rows.append({"loop": "Trainer overhead", "step (ms)": "", "tokens/s": f"**{overhead:+.1%}**"})
-    command = "python benchmarks/bench_trainer.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(header("Trainer vs a bare PyTorch loop", command))
-    print(f"shape {args.shape}, batch {args.batch} x {args.seq} tokens, {args.rounds} rounds x {args.steps} steps "
-          f"(first {warmup} of each dropped), median step\n")
-    print(table(rows))
+    print_report("Trainer vs a bare PyTorch loop", argv,
+                 f"shape {args.shape}, batch {args.batch} x {args.seq} tokens, {args.rounds} rounds x {args.steps} "
+                 f"steps (first {warmup} of each dropped), median step", rows)
     return 0
 
 

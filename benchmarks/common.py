@@ -5,12 +5,13 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from recipe import GPTConfig, GPTForCausalLM
+from recipe import GPTForCausalLM
 from recipe.convert import gpt_config_from_gpt2, state_dict_from_openai
 
 SHAPES = {
@@ -81,6 +82,14 @@ def header(title: str, command: str) -> str:
     )
 
 
+def print_report(title: str, argv: list[str] | None, description: str, rows: list[dict]) -> None:
+    """The benchmark's markdown section: the header (command, machine, versions, date), a line, the table."""
+    command = " ".join(["python", os.path.relpath(sys.argv[0]), *(sys.argv[1:] if argv is None else argv)])
+    print(header(title, command))
+    print(description + "\n")
+    print(table(rows))
+
+
 def table(rows: list[dict]) -> str:
     """A markdown table of dicts that share keys."""
     keys = list(rows[0])
@@ -89,5 +98,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def gpt_config(shape: str, seq_len: int) -> GPTConfig:
-    return GPTConfig(**SHAPES[shape], n_positions=max(1024, seq_len))
+def add_shape_arguments(parser, shape: str, batch: int, seq: int | None = None) -> None:
+    """--device, --shape, --batch and (when `seq` is given) --seq, with these defaults."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", default=shape, choices=list(SHAPES))
+    parser.add_argument("--batch", type=int, default=batch)
+    if seq is not None:
+        parser.add_argument("--seq", type=int, default=seq, help="tokens per sequence")

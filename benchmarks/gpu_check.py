@@ -74,8 +74,8 @@ def memory(args) -> list[dict]:
                "--batch", str(args.memory_batch), "--seq", str(args.seq)] + (["--bf16"] if args.bf16 else [])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = [line.strip("|").split("|") for line in output.splitlines() if line.startswith("| ") and "variant" not in line]
-    peaks = {cells[0].strip(): float(cells[1]) for cells in rows}
-    losses = {cells[0].strip(): float(cells[3]) for cells in rows}
+    peaks = {cells[0].strip(): float(cells[1]) if "killed" not in cells[1] else float("inf") for cells in rows}
+    losses = {cells[0].strip(): float(cells[3]) if cells[3].strip() else float("nan") for cells in rows}
     saving = 1 - peaks["ours, chunked cross-entropy"] / peaks["ours"]
     loss_gap = abs(losses["ours, chunked cross-entropy"] - losses["ours"])
     return [

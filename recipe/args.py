@@ -129,6 +129,11 @@ class RecipeTrainingArguments(TrainingArguments):
     tf32: bool | None = field(default=None, metadata={"help": "TF32 matmuls. Absent: on with an Ampere+ GPU."})
     use_cpu: bool | None = field(default=None, metadata={"help": "Train on the CPU. Absent: when there is no GPU."})
     include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Log tokens seen."})
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Trainer's filter syncs the device on every micro-batch; the recipe's own guard "
+                          "(nonfinite_loss) checks once per optimizer step and stops or skips instead."},
+    )
     prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, wandb, ..."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})

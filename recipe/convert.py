@@ -19,6 +19,11 @@ from .checkpoints import CheckpointError, atomic_directory, check_safetensors_he
 from .configuration_gpt import GPTConfig
 from .modeling_gpt import GPTForCausalLM
 
+# GPTConfig and transformers' GPT2Config name these the same and mean the same by them.
+SHARED_CONFIG_FIELDS = (
+    "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+    "layer_norm_epsilon", "initializer_range", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+)
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers that old GPT-2 checkpoints carry (the causal mask); they are not parameters.
 IGNORED_OPENAI_KEYS = (".attn.bias", ".attn.masked_bias")
@@ -68,43 +73,14 @@ def gpt_config_from_gpt2(gpt2_config: GPT2Config, make_vocab_size_divisible_by: 
     for name, (value, allowed) in unsupported.items():
         if value not in allowed:
             raise CheckpointError(f"GPT-2 config has {name}={value!r}; this recipe's GPT supports only {allowed}")
-    return GPTConfig(
-        vocab_size=gpt2_config.vocab_size,
-        n_positions=gpt2_config.n_positions,
-        n_embd=gpt2_config.n_embd,
-        n_layer=gpt2_config.n_layer,
-        n_head=gpt2_config.n_head,
-        make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-        resid_pdrop=gpt2_config.resid_pdrop,
-        embd_pdrop=gpt2_config.embd_pdrop,
-        attn_pdrop=gpt2_config.attn_pdrop,
-        layer_norm_epsilon=gpt2_config.layer_norm_epsilon,
-        initializer_range=gpt2_config.initializer_range,
-        tie_word_embeddings=gpt2_config.tie_word_embeddings,
-        bos_token_id=gpt2_config.bos_token_id,
-        eos_token_id=gpt2_config.eos_token_id,
-    )
+    fields = {name: getattr(gpt2_config, name) for name in SHARED_CONFIG_FIELDS}
+    return GPTConfig(**fields, make_vocab_size_divisible_by=make_vocab_size_divisible_by)
 
 
 def gpt2_config_from_gpt(config: GPTConfig) -> GPT2Config:
     """The stock transformers GPT2Config with the same architecture."""
-    return GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=config.n_positions,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        activation_function="gelu_new",
-        resid_pdrop=config.resid_pdrop,
-        embd_pdrop=config.embd_pdrop,
-        attn_pdrop=config.attn_pdrop,
-        layer_norm_epsilon=config.layer_norm_epsilon,
-        initializer_range=config.initializer_range,
-        tie_word_embeddings=config.tie_word_embeddings,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        architectures=["GPT2LMHeadModel"],
-    )
+    fields = {name: getattr(config, name) for name in SHARED_CONFIG_FIELDS}
+    return GPT2Config(**fields, activation_function="gelu_new", architectures=["GPT2LMHeadModel"])
 
 
 def _expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:

@@ -220,3 +220,13 @@ def test_hidden_states_and_attentions_can_be_returned():
     assert len(output.hidden_states) == model.config.n_layer + 1
     assert len(output.attentions) == model.config.n_layer
     assert output.attentions[0].shape == (1, model.config.n_head, 8, 8)
+
+
+@pytest.mark.parametrize("loss_chunk_size", [0, 16], ids=["library-loss", "chunked-loss"])
+def test_a_training_step_compiles_without_graph_breaks(loss_chunk_size):
+    model = GPTForCausalLM(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=32,
+                                     loss_chunk_size=loss_chunk_size)).train()
+    input_ids = torch.randint(0, 100, (2, 16))
+    explanation = torch._dynamo.explain(lambda ids: model(input_ids=ids, labels=ids).loss)(input_ids)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
