@@ -18,21 +18,18 @@ import torch
 
 from common import add_shape_arguments, print_report, twin_models
 
-VARIANTS = {
-    "ours": dict(model="ours", loss_chunk_size=0),
-    "ours, chunked cross-entropy": dict(model="ours", loss_chunk_size=4096),
-    "GPT2LMHeadModel": dict(model="reference", loss_chunk_size=0),
-}
+VARIANTS = {"ours": "ours", "ours, chunked cross-entropy": "ours", "GPT2LMHeadModel": "reference"}
 
 
 def resident_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure(args, variant: dict) -> dict:
+def measure(args, variant: str) -> dict:
     """One training step of one variant in this process: its peak memory and its loss."""
-    ours, reference = twin_models(args.shape, args.seq, args.device, loss_chunk_size=variant["loss_chunk_size"])
-    model = ours if variant["model"] == "ours" else reference
+    chunk_size = args.loss_chunk_size if variant == "ours, chunked cross-entropy" else 0
+    ours, reference = twin_models(args.shape, args.seq, args.device, loss_chunk_size=chunk_size)
+    model = ours if VARIANTS[variant] == "ours" else reference
     del ours, reference
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, fused=True)
     input_ids = torch.randint(0, 50257, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(args.device)
@@ -57,13 +54,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_shape_arguments(parser, shape="124m", batch=4, seq=1024)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--loss_chunk_size", type=int, default=4096, help="tokens per chunk of the chunked variant")
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # the worker mode
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
 
     if args.variant:
         torch.manual_seed(0)
-        print(json.dumps(measure(args, VARIANTS[args.variant])))
+        print(json.dumps(measure(args, args.variant)))
         return 0
 
     results = {}

@@ -71,19 +71,24 @@ def speed(args) -> list[dict]:
 
 def memory(args) -> list[dict]:
     command = [sys.executable, str(HERE / "bench_memory.py"), "--device", args.device, "--shape", args.shape,
-               "--batch", str(args.memory_batch), "--seq", str(args.seq)] + (["--bf16"] if args.bf16 else [])
+               "--batch", str(args.memory_batch), "--seq", str(args.seq), "--loss_chunk_size", str(args.loss_chunk_size)]
+    command += ["--bf16"] if args.bf16 else []
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = [line.strip("|").split("|") for line in output.splitlines() if line.startswith("| ") and "variant" not in line]
     peaks = {cells[0].strip(): float(cells[1]) if "killed" not in cells[1] else float("inf") for cells in rows}
     losses = {cells[0].strip(): float(cells[3]) if cells[3].strip() else float("nan") for cells in rows}
     saving = 1 - peaks["ours, chunked cross-entropy"] / peaks["ours"]
     loss_gap = abs(losses["ours, chunked cross-entropy"] - losses["ours"])
+
+    def verdict(passed: bool) -> str:  # a CPU dry run at a tiny shape measures allocator noise, not the design
+        return ("PASS" if passed else "FAIL") if args.device.startswith("cuda") else "(dry run)"
+
     return [
         {"check": f"peak memory GiB, ours / GPT2LMHeadModel ({args.memory_batch}x{args.seq})",
          "value": f"{peaks['ours']:.2f} / {peaks['GPT2LMHeadModel']:.2f}", "target": "ours <= theirs",
-         "verdict": "PASS" if peaks["ours"] <= peaks["GPT2LMHeadModel"] else "FAIL"},
+         "verdict": verdict(peaks["ours"] <= peaks["GPT2LMHeadModel"])},
         {"check": "peak memory cut by the chunked cross-entropy", "value": f"{saving:.1%}", "target": ">= 30%",
-         "verdict": "PASS" if saving >= 0.30 else "FAIL"},
+         "verdict": verdict(saving >= 0.30)},
         {"check": "loss, chunked vs full logits", "value": f"{loss_gap:.1e}",
          "target": "<= 1e-5 (fp32); bf16 rounding otherwise", "verdict": ""},
     ]
