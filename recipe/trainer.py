@@ -76,10 +76,12 @@ class GPTTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        finite = torch.isfinite(loss.detach())
+        finite = torch.isfinite(loss)
         self._step_is_finite = finite if self._step_is_finite is None else self._step_is_finite & finite
         if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer step comes next
             self._guard_nonfinite(model)
+        if self.nonfinite_loss == "skip":  # a skipped batch adds 0 to the logged loss instead of making it NaN
+            loss = torch.where(finite, loss, torch.zeros_like(loss))
         return loss
 
     def _guard_nonfinite(self, model) -> None:

@@ -5,6 +5,7 @@ and every resume is compared with an uninterrupted run of the same config, weigh
 """
 
 import json
+import math
 import os
 import random
 import signal
@@ -144,6 +145,7 @@ def test_nonfinite_loss_can_skip_its_batch_instead(tmp_path):
     output_dir = tmp_path / "run"
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     assert any(entry.get("skipped_nonfinite_batches") == 1 for entry in history)
+    assert all(math.isfinite(entry["loss"]) for entry in history if "loss" in entry)
     assert all(torch.isfinite(tensor).all() for tensor in weights(output_dir).values())
     # The skipped step left the weights exactly as they were.
     assert_same_weights(weights(output_dir / "checkpoint-7"), weights(output_dir / "checkpoint-8"))
