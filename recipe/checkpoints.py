@@ -62,6 +62,9 @@ def atomic_directory(path: str | Path, overwrite: bool = False):
         os.rename(staging, path)
 
 
+# Trainer checkpoints are written under this prefix, then renamed: never resumed (get_last_checkpoint matches
+# `checkpoint-<N>` only) and never pushed (Trainer's uploads skip `_*`).
+STAGING_PREFIX = "_partial-"
 CHECKSUMS_FILE = "checksums.sha256"  # sha256sum's format, so `sha256sum -c checksums.sha256` works too
 
 

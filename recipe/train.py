@@ -4,7 +4,9 @@
     accelerate launch recipe/train.py configs/gpt2_124m.json             # any accelerate config: DDP, FSDP, ...
     python recipe/train.py configs/gpt2_124m.json --max_steps 100 --output_dir runs/try   # CLI beats the file
 
-Parse, build, train, save. Rerunning the same command resumes from the last complete checkpoint.
+Parse, check, build, train, save. Rerunning the same command resumes from the last complete checkpoint.
+The heavy modules (Trainer, datasets, matplotlib) are imported only after the config has passed its checks, so a
+mistake in it is reported in seconds.
 """
 
 import json
@@ -25,14 +27,11 @@ from recipe.args import (
     model_config_overrides,
     parse_settings,
 )
-from recipe.callbacks import HellaSwagCallback, PreemptionCallback, SampleCallback
-from recipe.checkpoints import CheckpointError, verify_checksums
+from recipe.checkpoints import STAGING_PREFIX, CheckpointError, verify_checksums
 from recipe.configuration_gpt import GPTConfig
 from recipe.convert import load_model, load_openai_gpt2
 from recipe.modeling_gpt import GPTForCausalLM
-from recipe.push import push_run
 from recipe.tokenization import load_tokenizer
-from recipe.trainer import STAGING_PREFIX, GPTTrainer, NonFiniteLossError, flops_per_token, peak_flops
 
 logger = logging.get_logger("recipe")
 
@@ -73,6 +72,8 @@ def _is_openai_gpt2(source: str) -> bool:
 
 def run_plan(settings: Settings, model: GPTForCausalLM) -> dict:
     """The arithmetic of the run: what one step is, how many there are, and what it costs on a named GPU."""
+    from recipe.trainer import flops_per_token, peak_flops
+
     training, block_size = settings.training, settings.data.block_size
     parameters = sum(p.numel() for p in model.parameters())
     plan = {
@@ -132,12 +133,23 @@ def describe_data(settings: Settings) -> str:
     return ", ".join(data.train_files)
 
 
-def train(settings: Settings) -> GPTTrainer | None:
-    """Build everything from the settings and train; returns the trainer (None for a dry run)."""
-    training = settings.training
-    from recipe.data import collate_blocks, load_or_train_tokenizer, prepare_datasets
+def final_evaluation(trainer) -> dict:
+    """The metrics of the last step: those of its scheduled evaluation when there was one, else a new one."""
+    state = trainer.state
+    for entry in reversed(state.log_history):
+        if "eval_loss" in entry and entry["step"] == state.global_step:
+            return {key: value for key, value in entry.items() if key.startswith("eval_") or key == "epoch"}
+    return trainer.evaluate()
 
-    check_output_dir(settings)
+
+def train(settings: Settings):
+    """Build everything from the checked settings and train; returns the GPTTrainer (None for a dry run)."""
+    from recipe.callbacks import HellaSwagCallback, PreemptionCallback, SampleCallback
+    from recipe.data import collate_blocks, load_or_train_tokenizer, prepare_datasets
+    from recipe.push import push_run
+    from recipe.trainer import GPTTrainer
+
+    training = settings.training
     set_seed(training.seed)
     if training.dry_run:  # no data: the vocabulary size comes from the tokenizer or the one to be trained
         vocab_size = settings.data.train_tokenizer_vocab_size or len(load_tokenizer(settings.data.tokenizer_name))
@@ -192,7 +204,7 @@ def train(settings: Settings) -> GPTTrainer | None:
     trainer.save_model()
     trainer.save_state()
     trainer.save_metrics("train", result.metrics)
-    trainer.save_metrics("eval", trainer.evaluate())
+    trainer.save_metrics("eval", final_evaluation(trainer))
     trainer.create_model_card()  # with the loss plot
     if push_repo is not None and trainer.is_world_process_zero():
         commit = push_run(training.output_dir, push_repo, private=bool(training.hub_private_repo))
@@ -205,10 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    from recipe.data import DataError
-
     try:
         settings = parse_settings(argv[0], argv[1:])
+        check_output_dir(settings)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    from recipe.data import DataError
+    from recipe.trainer import NonFiniteLossError
+
+    try:
         trainer = train(settings)
     except (ConfigError, CheckpointError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

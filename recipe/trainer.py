@@ -20,11 +20,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .callbacks import PreemptionCallback
 from .card import write_model_card
-from .checkpoints import fsync_tree, write_checksums
+from .checkpoints import STAGING_PREFIX, fsync_tree, write_checksums
 from .modeling_gpt import GPTForCausalLM
 from .plot import PLOT_FILE, plot_runs
 
-STAGING_PREFIX = "_partial-"  # never resumed (get_last_checkpoint matches `checkpoint-<N>` only), never pushed (Trainer skips `_*`)
 
 # Dense bf16 peak FLOP/s per device, from NVIDIA's datasheets (without sparsity).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIE": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}
