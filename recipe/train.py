@@ -126,6 +126,7 @@ def resume_checkpoint(settings: Settings) -> str | None:
 
 
 def describe_data(settings: Settings) -> str:
+    """Where the run's text comes from, in one line for the plan."""
     data = settings.data
     if data.dataset_name:
         name = "/".join(filter(None, [data.dataset_name, data.dataset_config_name]))
