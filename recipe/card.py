@@ -159,7 +159,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
     sections = [
         f"---\n{_metadata(run_dir, run_config).to_yaml()}\n---",
         f"# {name.split('/')[-1]}",
-        f"A GPT-2-architecture language model"
+        "A GPT-2-architecture language model"
         + (f" with {parameters:,} parameters" if parameters else "")
         + f", trained {how} with gpt2-recipe (transformers `Trainer`, `datasets`, `accelerate`).",
     ]

@@ -115,7 +115,7 @@ def test_padding_and_batching_do_not_change_the_scores():
 )
 def test_a_malformed_line_is_named_by_number(tmp_path, bad_line):
     path = _write_jsonl(tmp_path / "hellaswag.jsonl", [EXAMPLES[0], "\n", bad_line])
-    with pytest.raises(DataError, match=rf"hellaswag.jsonl, line 3: "):
+    with pytest.raises(DataError, match=r"hellaswag.jsonl, line 3: "):
         read_hellaswag(path)
     assert read_hellaswag(path, limit=1) == [EXAMPLES[0]]  # stops before the bad line
 

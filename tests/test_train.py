@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from conftest import REPO_ROOT
 from recipe.args import parse_settings
 from recipe.modeling_gpt import GPTForCausalLM
-from recipe.train import main, train
+from recipe.train import main
 from test_remote_code import load_in_fresh_python
 
 SCRIPTS = Path(__file__).parent / "scripts"
