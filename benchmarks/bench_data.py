@@ -46,7 +46,8 @@ PIPELINES = {"recipe": "recipe", "tiktoken": "tiktoken (a)", "run_clm": "run_clm
 
 def run_recipe(corpus: Path, workers: int, output: Path) -> int:
     from recipe.args import DataArguments
-    from recipe.data import group_into_blocks, load_documents, load_tokenizer, summarize, tokenize_documents
+    from recipe.pipeline import group_into_blocks, load_documents, summarize, tokenize_documents
+    from recipe.tokenization import load_tokenizer
 
     data_args = DataArguments(train_files=[str(corpus)], block_size=BLOCK_SIZE, preprocessing_num_workers=workers)
     tokenized = tokenize_documents(load_documents(data_args), load_tokenizer(), data_args)

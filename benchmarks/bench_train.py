@@ -13,7 +13,7 @@ import sys
 import torch
 
 from common import add_shape_arguments, median, print_report, timed, twin_models
-from recipe.trainer import flops_per_token, peak_flops
+from recipe.flops import model_flops_per_token, peak_flops
 
 
 def make_step(model, input_ids, bf16: bool, device: str):
@@ -51,7 +51,7 @@ def run(args) -> list[dict]:
                 seconds[name].append(elapsed)
 
     tokens = args.batch * args.seq
-    flops = flops_per_token(getattr(ours, "_orig_mod", ours), args.seq)
+    flops = model_flops_per_token(getattr(ours, "_orig_mod", ours), args.seq)
     peak = peak_flops(torch.cuda.get_device_name()) if args.device.startswith("cuda") else None
     rows = []
     for name in steps:

@@ -18,7 +18,7 @@ from transformers import PrinterCallback, TrainerCallback, get_scheduler
 
 from common import add_shape_arguments, median, print_report, timed, twin_models
 from recipe.args import RecipeTrainingArguments
-from recipe.data import collate_blocks
+from recipe.pipeline import collate_blocks
 from recipe.trainer import GPTTrainer
 
 

@@ -12,7 +12,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from recipe import GPTForCausalLM
-from recipe.convert import gpt_config_from_gpt2, state_dict_from_openai
+from recipe.sources import gpt_config_from_gpt2, state_dict_from_openai
 
 SHAPES = {
     "tiny": dict(n_layer=2, n_embd=128, n_head=4),

@@ -19,13 +19,12 @@ from typing import Any, Literal
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from .checkpoints import RUN_CONFIG_FILE
 from .configuration_gpt import GPTConfig
+from .errors import CheckpointError, ConfigError
+from .sources import classify_source
 
-RUN_CONFIG_FILE = "run_config.json"  # the resolved settings, written into output_dir at the start of a run
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and the value."""
+MIN_TRAINED_VOCAB_SIZE = 257  # the 256 byte tokens every byte-level BPE starts from, plus <|endoftext|>
 
 
 @dataclass
@@ -106,6 +105,33 @@ class DataArguments:
         metadata={"help": "Train a new byte-level BPE of this vocabulary size on the training corpus (saved with "
                           "the run) instead of using tokenizer_name."},
     )
+
+    def __post_init__(self):
+        """The checks that need only these settings: they hold wherever DataArguments are built."""
+        if self.dataset_name is None and not self.train_files:
+            raise ConfigError("no training data: set dataset_name (a Hub dataset) or train_files (local files)")
+        if self.dataset_name is not None and self.train_files:
+            raise ConfigError("set dataset_name (a Hub dataset) or train_files (local files), not both")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ConfigError(f"validation_split_percentage={self.validation_split_percentage} must be in [0, 100)")
+        for key in ("block_size", "validation_documents", "max_train_samples", "max_eval_samples",
+                    "preprocessing_num_workers"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}={value} must be positive")
+        if self.streaming and self.validation_documents is None and not self.validation_files:
+            raise ConfigError(
+                "streaming=true needs validation_documents (the first N documents of the stream are held out; a "
+                "stream has no length to take validation_split_percentage of) or validation_files"
+            )
+        if self.train_tokenizer_vocab_size is not None:
+            if self.tokenizer_name is not None:
+                raise ConfigError("set tokenizer_name (use a tokenizer) or train_tokenizer_vocab_size (train one), not both")
+            if self.train_tokenizer_vocab_size < MIN_TRAINED_VOCAB_SIZE:
+                raise ConfigError(
+                    f"train_tokenizer_vocab_size={self.train_tokenizer_vocab_size} is too small: a byte-level BPE "
+                    f"needs at least {MIN_TRAINED_VOCAB_SIZE} tokens (256 bytes + <|endoftext|>)"
+                )
 
 
 @dataclass
@@ -205,6 +231,14 @@ class Settings:
             * training.world_size
             * self.data.block_size
         )
+
+    def describe_data(self) -> str:
+        """Where the run's text comes from, in one line for the plan."""
+        data = self.data
+        if data.dataset_name:
+            name = "/".join(filter(None, [data.dataset_name, data.dataset_config_name]))
+            return f"{name} (Hub{', streamed' if data.streaming else ''})"
+        return ", ".join(data.train_files)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved settings as one flat, JSON-serialisable dict (the shape of a config file)."""
@@ -373,35 +407,37 @@ def model_config_overrides(model: ModelArguments) -> dict[str, Any]:
 
 def _context_length(settings: Settings) -> int | None:
     """n_positions of the model this run will train, when it is known without loading weights."""
-    source = settings.model.model_name_or_path
-    if source is None:
+    source = classify_source(settings.model.model_name_or_path)
+    if source.kind == "scratch":
         return model_config_overrides(settings.model).get("n_positions", GPTConfig().n_positions)
-    config_file = Path(source) / "config.json"
-    if config_file.is_file():
-        return json.loads(config_file.read_text()).get("n_positions")
-    return 1024 if source.split("/")[-1] in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") else None
+    return source.n_positions
 
 
 def check_settings(settings: Settings) -> None:
-    """Refuse, by key and value, what cannot run. Cheap: no data, no weights."""
+    """Refuse, by key and value, what cannot run. Everything that needs only the config is checked here, before
+    any data, Hub or model work. Cheap: no data, no weights, no network."""
     model, data, training = settings.model, settings.data, settings.training
-    if model.model_name_or_path is None:
-        try:
-            GPTConfig(**model_config_overrides(model))
-        except ValueError as error:
-            raise ConfigError(f"model_config: {error}") from None
-    elif model.model_config:
+    try:
+        source = classify_source(model.model_name_or_path)
+    except CheckpointError as error:
+        raise ConfigError(f"model_name_or_path: {error}") from None
+    if source.kind != "scratch" and model.model_config:
         raise ConfigError("model_config applies to training from scratch; drop it or model_name_or_path")
+    # The model's fields are validated by GPTConfig alone: model_config's, and the two top-level keys that apply to
+    # any model (from scratch or pretrained).
+    for key, fields in [("model_config: ", model_config_overrides(model)),
+                        ("", {"make_vocab_size_divisible_by": model.make_vocab_size_divisible_by,
+                              "loss_chunk_size": model.loss_chunk_size})]:
+        try:
+            GPTConfig(**fields)
+        except ValueError as error:
+            raise ConfigError(key + str(error).replace("GPTConfig.", "")) from None
     positives = {
         "learning_rate": training.learning_rate,
         "per_device_train_batch_size": training.per_device_train_batch_size,
         "per_device_eval_batch_size": training.per_device_eval_batch_size,
         "gradient_accumulation_steps": training.gradient_accumulation_steps,
-        "block_size": data.block_size,
-        "make_vocab_size_divisible_by": model.make_vocab_size_divisible_by,
     }
-    if model.loss_chunk_size < 0:
-        raise ConfigError(f"loss_chunk_size={model.loss_chunk_size} must be 0 (off) or a positive number of tokens")
     for key, value in positives.items():
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{key}={value} must be positive")
@@ -412,17 +448,17 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(
             f"warmup_steps={training.warmup_steps} is not shorter than the run (max_steps={training.max_steps})"
         )
-    if not 0 <= data.validation_split_percentage < 100:
-        raise ConfigError(f"validation_split_percentage={data.validation_split_percentage} must be in [0, 100)")
-    if data.dataset_name is None and not data.train_files:
-        raise ConfigError("no training data: set dataset_name (a Hub dataset) or train_files (local files)")
+    if data.streaming and training.max_steps <= 0:
+        raise ConfigError(
+            f"streaming=true needs max_steps > 0 (a stream has no length to count epochs), got {training.max_steps}"
+        )
     uses_deepspeed = bool(training.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     if training.nonfinite_loss == "skip" and uses_deepspeed:
         raise ConfigError('nonfinite_loss="skip" does not work with DeepSpeed, which steps inside its backward; use "stop"')
-    if data.streaming and training.max_steps <= 0:
-        raise ConfigError(f"streaming=true needs max_steps > 0 (a stream has no length to count epochs), got {training.max_steps}")
     if training.hellaswag_steps > 0 and not training.hellaswag_file:
         raise ConfigError(f"hellaswag_steps={training.hellaswag_steps} needs hellaswag_file (a local jsonl)")
+    if training.hellaswag_file and not Path(training.hellaswag_file).is_file():
+        raise ConfigError(f"hellaswag_file={training.hellaswag_file} does not exist")
 
 
 def check_output_dir(settings: Settings) -> None:

@@ -7,6 +7,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from .scoring import score_hellaswag
+
 logger = logging.get_logger("recipe")
 
 
@@ -58,8 +60,6 @@ class HellaSwagCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_steps != 0 and state.global_step != state.max_steps:
             return
-        from .evaluate import score_hellaswag
-
         with torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=bool(args.bf16)):
             scores = score_hellaswag(
                 model, self.trainer.processing_class, self.examples, batch_size=args.per_device_eval_batch_size

@@ -2,7 +2,8 @@
 
 Everything is read from the files a run leaves in its output directory (run_config.json, trainer_state.json,
 *_results.json, eval_<task>.json from recipe.evaluate, loss.png from recipe.plot); what a run lacks is left out.
-Training writes the card at the end of a run; recipe.push writes it again, with the Hub repo id, before uploading.
+Training writes the card at the end of a run, after the loss plot; recipe.hub writes it again, with the Hub repo
+id, before uploading.
 """
 
 import json
@@ -12,10 +13,9 @@ from pathlib import Path
 from huggingface_hub import ModelCardData, metadata_load
 from safetensors import safe_open
 
-from .checkpoints import CheckpointError, weight_files
-from .plot import PLOT_FILE
+from .checkpoints import CARD_FILE, PLOT_FILE, RUN_CONFIG_FILE, TRAINER_STATE_FILE, evaluation_file, metrics_file, weight_files
+from .errors import CheckpointError
 
-CARD_FILE = "README.md"
 # Reference figures of OpenAI's GPT-2 124M, as build-nanogpt measured them (hellaswag.py; play.ipynb).
 GPT2_HELLASWAG_ACC_NORM = 0.2955
 GPT2_FINEWEB_EDU_VAL_LOSS = 3.2924
@@ -74,7 +74,7 @@ def _metadata(run_dir: Path, run_config: dict) -> ModelCardData:
 def _results(run_dir: Path) -> list[tuple[str, str]]:
     """(evaluation, value) rows from the Trainer's final eval and recipe.evaluate's files."""
     rows = []
-    final_eval = _read_json(run_dir / "eval_results.json")
+    final_eval = _read_json(run_dir / metrics_file("eval"))
     if "eval_loss" in final_eval:
         loss = final_eval["eval_loss"]
         rows.append(("validation loss (end of training)", f"{loss:.4f}"))
@@ -82,12 +82,12 @@ def _results(run_dir: Path) -> list[tuple[str, str]]:
         rows.append(("validation perplexity (end of training)", f"{perplexity:.2f}"))
     if "eval_hellaswag_acc_norm" in final_eval:
         rows.append(("HellaSwag acc_norm (end of training)", f"{final_eval['eval_hellaswag_acc_norm']:.4f}"))
-    hellaswag = _read_json(run_dir / "eval_hellaswag.json")
+    hellaswag = _read_json(run_dir / evaluation_file("hellaswag"))
     if "acc_norm" in hellaswag:
         examples = f"{hellaswag['n']:,} examples, completion style"
         rows.append((f"HellaSwag acc_norm ({examples})", f"{hellaswag['acc_norm']:.4f}"))
         rows.append((f"HellaSwag acc ({examples})", f"{hellaswag['acc']:.4f}"))
-    validation = _read_json(run_dir / "eval_perplexity.json")
+    validation = _read_json(run_dir / evaluation_file("perplexity"))
     if "loss" in validation:
         blocks = f"recipe.evaluate, {validation['n']:,} blocks"
         rows.append((f"validation loss ({blocks})", f"{validation['loss']:.4f}"))
@@ -133,7 +133,7 @@ def _training(run_dir: Path, run_config: dict, trainer_state: dict) -> list[tupl
                                   f"gradient clipping {run_config.get('max_grad_norm')})"))
     if "bf16" in run_config:
         rows.append(("precision", "bf16 autocast" if run_config["bf16"] else "fp32"))
-    runtime = _read_json(run_dir / "train_results.json").get("train_runtime")
+    runtime = _read_json(run_dir / metrics_file("train")).get("train_runtime")
     if runtime:
         rows.append(("training time", f"{runtime / 3600:.2f} h ({runtime:,.0f} s)"))
     return rows
@@ -148,8 +148,8 @@ def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
 def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
     """The card's markdown, YAML metadata included. `repo_id` names the model in the loading snippet."""
     run_dir = Path(run_dir)
-    run_config = _read_json(run_dir / "run_config.json")
-    trainer_state = _read_json(run_dir / "trainer_state.json")
+    run_config = _read_json(run_dir / RUN_CONFIG_FILE)
+    trainer_state = _read_json(run_dir / TRAINER_STATE_FILE)
     model_config = _read_json(run_dir / "config.json")
     name = repo_id or str(run_dir)
     parameters = parameter_count(run_dir)
@@ -206,3 +206,4 @@ def write_model_card(run_dir: str | Path, repo_id: str | None = None) -> Path:
     path = Path(run_dir) / CARD_FILE
     path.write_text(model_card(run_dir, repo_id))
     return path
+

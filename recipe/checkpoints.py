@@ -1,4 +1,9 @@
-"""Checkpoint files on disk: written atomically, read as safetensors only, with errors that name the file."""
+"""Checkpoints on disk, through their whole life: written atomically and checksummed, found again for a resume,
+read as safetensors only, with errors that name the file.
+
+    training step N ─► _partial-checkpoint-N/ (Trainer writes) ─► checksums + fsync ─► rename to checkpoint-N/
+    rerun ─► resume_checkpoint: drop partial saves, verify the newest checkpoint-N, resume from it
+"""
 
 import hashlib
 import json
@@ -10,14 +15,31 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers.utils import logging
+
+from .errors import CheckpointError
+
+logger = logging.get_logger("recipe")
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+# The files of a run directory that more than one module reads.
+RUN_CONFIG_FILE = "run_config.json"  # the resolved settings, written at the start of a run
+TRAINER_STATE_FILE = "trainer_state.json"  # Trainer's state: global step, log history
+PLOT_FILE = "loss.png"  # the training curves (recipe.curves)
+CARD_FILE = "README.md"  # the model card (recipe.card)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory or file that cannot be used; the message names it."""
+def metrics_file(split: str) -> str:
+    """Trainer's `save_metrics(split)` file: train_results.json, eval_results.json."""
+    return f"{split}_results.json"
+
+
+def evaluation_file(task: str) -> str:
+    """Where recipe.evaluate saves a task's result in a checkpoint directory: eval_hellaswag.json, ..."""
+    return f"eval_{task}.json"
 
 
 def fsync_tree(root: Path) -> None:
@@ -42,7 +64,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False):
     """
     path = Path(path)
     if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path} already exists; choose another path or allow overwriting it")
+        raise CheckpointError(f"{path} already exists; choose another path or allow overwriting it")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -66,6 +88,71 @@ def atomic_directory(path: str | Path, overwrite: bool = False):
 # `checkpoint-<N>` only) and never pushed (Trainer's uploads skip `_*`).
 STAGING_PREFIX = "_partial-"
 CHECKSUMS_FILE = "checksums.sha256"  # sha256sum's format, so `sha256sum -c checksums.sha256` works too
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
+def staging_dir(run_dir: str | Path, step: int) -> Path:
+    """The directory Trainer saves into at step N, as if it were the run directory: checkpoint-N is written
+    inside it (`_partial-checkpoint-N/checkpoint-N`) and moved out when complete."""
+    return Path(run_dir) / f"{STAGING_PREFIX}{checkpoint_name(step)}"
+
+
+def publish_checkpoint(run_dir: str | Path, step: int) -> Path:
+    """Make the complete checkpoint written under `staging_dir(run_dir, step)` the run's `checkpoint-N`: checksum
+    every file (so a resume can name a file damaged later), flush it all to disk, then rename it into place."""
+    staging_root, name = staging_dir(run_dir, step), checkpoint_name(step)
+    write_checksums(staging_root / name)
+    fsync_tree(staging_root)  # complete on disk before it gets its final name
+    final = Path(run_dir) / name
+    if final.exists():  # a re-save of the same step (e.g. the end of a resumed, finished run)
+        shutil.rmtree(final)
+    os.rename(staging_root / name, final)
+    shutil.rmtree(staging_root, ignore_errors=True)
+    return final
+
+
+def rotate(run_dir: str | Path, save_total_limit: int | None, best_model_checkpoint: str | None) -> None:
+    """Delete the oldest complete checkpoints beyond `save_total_limit` (Trainer's rule, by step number)."""
+    rotate_checkpoints(output_dir=str(run_dir), save_total_limit=save_total_limit,
+                       best_model_checkpoint=best_model_checkpoint, use_mtime=False)
+
+
+def last_complete_checkpoint(run_dir: str | Path) -> str | None:
+    """The newest `checkpoint-N` of a run directory (never a partial save), or None."""
+    return get_last_checkpoint(str(run_dir)) if Path(run_dir).is_dir() else None
+
+
+def resume_checkpoint(run_dir: str | Path, overwrite: bool, is_writer: bool) -> str | None:
+    """The newest complete checkpoint of a run, verified against its checksums; or None to start fresh.
+
+    Partial saves that a kill interrupted are removed, and with `overwrite` every old checkpoint too (by the
+    process that writes, `is_writer`). A checkpoint file damaged since it was written is named, with what to do.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    if is_writer:
+        for leftover in run_dir.glob(f"{STAGING_PREFIX}*"):  # a save that a kill interrupted: never complete
+            logger.warning(f"removing the incomplete checkpoint {leftover}")
+            shutil.rmtree(leftover, ignore_errors=True)
+    if overwrite:
+        if is_writer:
+            for old in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                shutil.rmtree(old)
+        return None
+    last = last_complete_checkpoint(run_dir)
+    if last is None:
+        return None
+    try:
+        verify_checksums(last)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"{error}. Delete {last} to resume from the checkpoint before it, or set overwrite_output_dir to start over"
+        ) from None
+    return last
 
 
 def _sha256(path: Path) -> str:

@@ -1,208 +1,18 @@
-"""OpenAI's GPT-2 weights in and out: transformers `GPT2LMHeadModel` checkpoints <-> recipe checkpoints.
+"""Convert between OpenAI's GPT-2 layout (transformers' GPT2LMHeadModel) and recipe checkpoints.
 
     python -m recipe.convert from-openai gpt2 out/gpt2            # Hub id or local GPT-2 directory
     python -m recipe.convert to-openai out/my-run out/my-run-gpt2  # stock GPT2LMHeadModel, no remote code
 
-The two layouts share parameter names; GPT-2's Conv1D stores weights as (in, out), nn.Linear as (out, in),
-so the four matmul weights of each block are transposed on the way.
+The conversion itself lives in recipe.sources.
 """
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from .errors import RecipeError
+from .sources import from_openai, load_model, load_openai_gpt2, to_openai
 
-from .checkpoints import CheckpointError, atomic_directory, check_safetensors_header, load_state_dict, weight_files
-from .configuration_gpt import GPTConfig
-from .modeling_gpt import GPTForCausalLM
-
-# GPTConfig and transformers' GPT2Config name these the same and mean the same by them.
-SHARED_CONFIG_FIELDS = (
-    "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-    "layer_norm_epsilon", "initializer_range", "tie_word_embeddings", "bos_token_id", "eos_token_id",
-)
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Buffers that old GPT-2 checkpoints carry (the causal mask); they are not parameters.
-IGNORED_OPENAI_KEYS = (".attn.bias", ".attn.masked_bias")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
-HUB_FILES = [
-    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*.py", *TOKENIZER_FILES
-]
-
-
-def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A local directory as is; otherwise a Hub id, downloaded (config, safetensors and tokenizer only)."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") > 1:
-        raise CheckpointError(f"{name_or_path} is not a directory")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(name_or_path), allow_patterns=HUB_FILES))
-    except Exception as error:  # offline, unknown repo, gated repo: all end here with the reason
-        raise CheckpointError(
-            f"{name_or_path} is not a local directory and could not be fetched from the Hub: "
-            f"{type(error).__name__}: {error}"
-        ) from None
-
-
-def _read_config(directory: Path) -> dict:
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{directory} has no config.json: not a model checkpoint")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_file} is not valid JSON: {error}") from None
-
-
-def gpt_config_from_gpt2(gpt2_config: GPT2Config, make_vocab_size_divisible_by: int = 1) -> GPTConfig:
-    """The GPTConfig of a transformers GPT-2 config; variants this architecture does not have are refused."""
-    unsupported = {
-        "n_inner": (gpt2_config.n_inner, (None, 4 * gpt2_config.n_embd)),
-        "activation_function": (gpt2_config.activation_function, ("gelu_new", "gelu_pytorch_tanh")),
-        "scale_attn_weights": (gpt2_config.scale_attn_weights, (True,)),
-        "scale_attn_by_inverse_layer_idx": (gpt2_config.scale_attn_by_inverse_layer_idx, (False,)),
-        "add_cross_attention": (gpt2_config.add_cross_attention, (False,)),
-    }
-    for name, (value, allowed) in unsupported.items():
-        if value not in allowed:
-            raise CheckpointError(f"GPT-2 config has {name}={value!r}; this recipe's GPT supports only {allowed}")
-    fields = {name: getattr(gpt2_config, name) for name in SHARED_CONFIG_FIELDS}
-    return GPTConfig(**fields, make_vocab_size_divisible_by=make_vocab_size_divisible_by)
-
-
-def gpt2_config_from_gpt(config: GPTConfig) -> GPT2Config:
-    """The stock transformers GPT2Config with the same architecture."""
-    fields = {name: getattr(config, name) for name in SHARED_CONFIG_FIELDS}
-    return GPT2Config(**fields, activation_function="gelu_new", architectures=["GPT2LMHeadModel"])
-
-
-def _expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
-    return {name: tensor.shape for name, tensor in model.state_dict().items()}
-
-
-def state_dict_from_openai(openai_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Map a GPT2LMHeadModel state dict (with or without the `transformer.` prefix) to GPTForCausalLM's."""
-    with torch.device("meta"):
-        expected = _expected_shapes(GPTForCausalLM(config))
-    state = {}
-    for name, tensor in openai_state.items():
-        if name.endswith(IGNORED_OPENAI_KEYS) or name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        key = name if name.startswith(("transformer.", "lm_head.")) else f"transformer.{name}"
-        if key not in expected:
-            raise CheckpointError(f"unexpected tensor {name!r} {tuple(tensor.shape)}: not part of GPT-2")
-        if key.endswith(CONV1D_WEIGHTS):
-            tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        if key in ("transformer.wte.weight", "lm_head.weight") and tensor.shape[0] < expected[key][0]:
-            padding = tensor.new_zeros(expected[key][0] - tensor.shape[0], tensor.shape[1])
-            tensor = torch.cat([tensor, padding])  # padding rows: never read, see GPTConfig
-        if tensor.shape != expected[key]:
-            raise CheckpointError(
-                f"tensor {name!r} has shape {tuple(tensor.shape)} but the config needs {tuple(expected[key])}"
-            )
-        state[key] = tensor.contiguous()
-    missing = sorted(set(expected) - set(state) - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
-    if missing:
-        raise CheckpointError(f"GPT-2 checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
-    return state
-
-
-def state_dict_to_openai(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Map a GPTForCausalLM state dict to GPT2LMHeadModel's (Linear -> Conv1D, padding rows dropped)."""
-    openai_state = {}
-    for key, tensor in state.items():
-        if key.endswith(CONV1D_WEIGHTS):
-            tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
-        if key in ("transformer.wte.weight", "lm_head.weight"):
-            tensor = tensor[: config.vocab_size]
-        openai_state[key] = tensor.contiguous()
-    return openai_state
-
-
-def _build(model_class, config, state: dict[str, torch.Tensor]):
-    """Instantiate without initialising (meta device), then take the given tensors as the parameters."""
-    with torch.device("meta"):
-        model = model_class(config)
-    incompatible = model.load_state_dict(state, strict=False, assign=True)
-    missing = [key for key in incompatible.missing_keys if not (key == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or incompatible.unexpected_keys:
-        raise CheckpointError(f"missing tensors {missing[:3]}, unexpected tensors {incompatible.unexpected_keys[:3]}")
-    model.tie_weights()
-    return model.eval()
-
-
-def load_openai_gpt2(name_or_path: str | Path, make_vocab_size_divisible_by: int = 1) -> GPTForCausalLM:
-    """OpenAI's GPT-2 (Hub id or local transformers GPT-2 directory) as a GPTForCausalLM."""
-    directory = resolve_checkpoint(name_or_path)
-    raw_config = _read_config(directory)
-    if raw_config.get("model_type") != "gpt2":
-        raise CheckpointError(
-            f"{directory / 'config.json'} has model_type={raw_config.get('model_type')!r}, not 'gpt2': "
-            f"not a transformers GPT-2 checkpoint"
-        )
-    config = gpt_config_from_gpt2(GPT2Config.from_dict(raw_config), make_vocab_size_divisible_by)
-    return _build(GPTForCausalLM, config, state_dict_from_openai(load_state_dict(directory), config))
-
-
-def load_model(name_or_path: str | Path, **from_pretrained_kwargs) -> GPTForCausalLM:
-    """Any GPT this recipe can use: a recipe checkpoint as saved, or OpenAI's GPT-2 layout (Hub id or local
-    directory, e.g. a to-openai export) converted on the fly. Weights are read from safetensors only."""
-    directory = resolve_checkpoint(name_or_path)
-    model_type = _read_config(directory).get("model_type")
-    if model_type == "gpt2":
-        return load_openai_gpt2(directory)
-    if model_type != GPTConfig.model_type:
-        raise CheckpointError(
-            f"{directory / 'config.json'} has model_type={model_type!r}: neither a recipe GPT "
-            f"({GPTConfig.model_type!r}) nor OpenAI's GPT-2 ('gpt2')"
-        )
-    for path in weight_files(directory):  # names a missing or pickle-only checkpoint before transformers does
-        check_safetensors_header(path)
-    return GPTForCausalLM.from_pretrained(directory, use_safetensors=True, **from_pretrained_kwargs)
-
-
-def _copy_tokenizer(source: Path, destination: Path) -> bool:
-    if not any((source / name).is_file() for name in ("tokenizer.json", "vocab.json")):
-        return False
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(destination))
-    return True
-
-
-def from_openai(source: str | Path, output: str | Path, make_vocab_size_divisible_by: int = 1,
-                overwrite: bool = False) -> Path:
-    """Convert OpenAI's GPT-2 into a recipe checkpoint at `output` (weights, config, remote code, tokenizer)."""
-    model = load_openai_gpt2(source, make_vocab_size_divisible_by)
-    with atomic_directory(output, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
-        _copy_tokenizer(resolve_checkpoint(source), staging)
-    return Path(output)
-
-
-def to_openai(source: str | Path, output: str | Path, overwrite: bool = False) -> Path:
-    """Export a recipe checkpoint as a stock GPT2LMHeadModel directory that loads without remote code."""
-    directory = resolve_checkpoint(source)
-    raw_config = _read_config(directory)
-    if raw_config.get("model_type") != GPTConfig.model_type:
-        raise CheckpointError(
-            f"{directory / 'config.json'} has model_type={raw_config.get('model_type')!r}, "
-            f"not {GPTConfig.model_type!r}: not a recipe checkpoint"
-        )
-    config = GPTConfig.from_dict(raw_config)
-    gpt2_config = gpt2_config_from_gpt(config)
-    model = _build(GPT2LMHeadModel, gpt2_config, state_dict_to_openai(load_state_dict(directory), config))
-    with atomic_directory(output, overwrite=overwrite) as staging:
-        model.save_pretrained(staging)
-        _copy_tokenizer(directory, staging)
-    return Path(output)
+__all__ = ["main", "from_openai", "to_openai", "load_openai_gpt2", "load_model"]  # documented here too
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             path = from_openai(args.source, args.output, args.make_vocab_size_divisible_by, args.overwrite)
         else:
             path = to_openai(args.source, args.output, args.overwrite)
-    except (CheckpointError, FileExistsError, ValueError) as error:
+    except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

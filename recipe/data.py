@@ -1,395 +1,27 @@
-"""Text to training blocks, the datasets way: load, one map to tokenize, one map to group into blocks.
+"""Prepare the datasets of a training config and print what they hold.
 
-    files / Hub ─► load_documents ─► tokenize_documents (map: ids + eos per document, num_proc)
-                                 ─► group_into_blocks (map: block_size rows across document boundaries)
+    python -m recipe.data CONFIG.json [--json] [--key value ...]
 
-Both maps are cached by datasets' fingerprint, so a second run of the same config reads the cache and tokenizes
-nothing. The fingerprint covers the data, the tokenizer and the settings, not this file's code: after changing the
-map functions, set overwrite_cache. With `streaming` the same two functions run lazily on an IterableDataset.
-GPT-2's BPE is encoded by tiktoken (identical ids, ~10x faster than transformers' tokenizer), and batches stay in
-Arrow and numpy: memory holds one batch of documents, never the corpus.
-
-`python -m recipe.data CONFIG.json [--json] [--key value ...]` prepares and caches the datasets of a training config.
+Tokenizes, groups and caches exactly what training will read (recipe.pipeline), so the run itself starts at once.
 """
 
 import argparse
-import codecs
-import glob
 import json
 import sys
-from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import torch
-from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value, load_dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from .args import parse_settings
+from .errors import DataError, RecipeError
+from .pipeline import (
+    collate_blocks,
+    group_into_blocks,
+    load_documents,
+    load_or_train_tokenizer,
+    prepare_datasets,
+    summarize,
+    tokenize_documents,
+)
 
-from . import tokenization
-from .args import ConfigError, DataArguments, parse_settings
-from .checkpoints import atomic_directory
-from .tokenization import gpt2_encoding, is_gpt2_bpe, train_bpe_tokenizer
-
-DATA_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-SUPPORTED_SUFFIXES = ", ".join(DATA_FILE_BUILDERS)
-TRAINED_TOKENIZER_DIR = "tokenizer"  # inside output_dir
-# Documents per map batch: enough to amortise datasets' per-batch cost, few enough that a batch of long documents
-# (a Shakespeare play is ~37k tokens) stays a few MB, so memory does not grow with the corpus.
-DOCUMENTS_PER_BATCH = 16
-MIN_TRAINED_VOCAB_SIZE = 257  # the 256 byte tokens every byte-level BPE starts from, plus <|endoftext|>
-
-
-class DataError(ValueError):
-    """Data the pipeline cannot use; the one-line message names the file, key or value and how to fix it."""
-
-
-def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """GPT-2's bundled BPE by default (no network), else any Hub id or local tokenizer directory."""
-    try:
-        return tokenization.load_tokenizer(name_or_path)
-    except OSError as error:
-        reason = str(error).splitlines()[0]
-        raise DataError(f"tokenizer_name={str(name_or_path)!r} cannot be loaded: {reason}") from None
-
-
-def load_or_train_tokenizer(data_args: DataArguments, output_dir: str | Path) -> PreTrainedTokenizerBase:
-    """The run's tokenizer: `tokenizer_name` (default GPT-2's BPE), or with `train_tokenizer_vocab_size` a byte-level
-    BPE of that size trained on the training documents, saved in output_dir/tokenizer and reused from there."""
-    vocab_size = data_args.train_tokenizer_vocab_size
-    if vocab_size is None:
-        return load_tokenizer(data_args.tokenizer_name)
-    if data_args.tokenizer_name is not None:
-        raise DataError("set tokenizer_name (use a tokenizer) or train_tokenizer_vocab_size (train one), not both")
-    if vocab_size < MIN_TRAINED_VOCAB_SIZE:
-        raise DataError(
-            f"train_tokenizer_vocab_size={vocab_size} is too small: a byte-level BPE needs at least "
-            f"{MIN_TRAINED_VOCAB_SIZE} tokens (256 bytes + <|endoftext|>)"
-        )
-    directory = Path(output_dir) / TRAINED_TOKENIZER_DIR
-    if not directory.exists():
-        train_documents = load_documents(data_args)["train"].select_columns([data_args.text_column])
-        text_batches = (batch[data_args.text_column] for batch in train_documents.iter(batch_size=DOCUMENTS_PER_BATCH))
-        tokenizer = train_bpe_tokenizer(text_batches, vocab_size)
-        if len(tokenizer) < vocab_size:
-            raise DataError(
-                f"the training documents only yield a vocabulary of {len(tokenizer)} tokens, fewer than "
-                f"train_tokenizer_vocab_size={vocab_size}: lower it or add text"
-            )
-        with atomic_directory(directory) as staging:
-            tokenizer.save_pretrained(staging)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    if len(tokenizer) != vocab_size:
-        raise DataError(
-            f"{directory} holds a tokenizer of {len(tokenizer)} tokens, not train_tokenizer_vocab_size={vocab_size}: "
-            f"delete it to train a new one"
-        )
-    return tokenizer
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Loading: one row per document
-
-
-def resolve_data_files(patterns: list[str], key: str) -> list[Path]:
-    """The files that `patterns` (files, directories or globs) name, in sorted order, all of one format."""
-    files = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if any(char in pattern for char in "*?["):
-            matches = sorted(Path(match) for match in glob.glob(pattern, recursive=True) if Path(match).is_file())
-            if not matches:
-                raise DataError(f"{key}: no file matches {pattern}")
-        elif path.is_dir():
-            matches = sorted(match for match in path.rglob("*") if match.suffix in DATA_FILE_BUILDERS)
-            matches = [match for match in matches if match.is_file()]
-            if not matches:
-                raise DataError(f"{key}: directory {pattern} holds no {SUPPORTED_SUFFIXES} files")
-        elif path.is_file():
-            matches = [path]
-        else:
-            raise DataError(f"{key}: {pattern} does not exist")
-        files.extend(matches)
-    for file in files:
-        if file.suffix not in DATA_FILE_BUILDERS:
-            raise DataError(f"{key}: {file} is not a {SUPPORTED_SUFFIXES} file")
-    formats = {DATA_FILE_BUILDERS[file.suffix] for file in files}
-    if len(formats) > 1:
-        raise DataError(f"{key} mixes formats ({', '.join(sorted(formats))}); use one format per split")
-    return files
-
-
-def _check_readable(file: Path, key: str) -> None:
-    """Refuse, by name, a file that datasets would crash on (an empty json/parquet) or silently load as invalid text
-    (pyarrow's json reader does not check UTF-8). Read in 16 MB chunks: memory stays flat."""
-    if file.stat().st_size == 0:
-        if file.suffix != ".txt":  # an empty .txt file is an empty document; an empty json/parquet file is broken
-            raise DataError(f"{key}: {file} is empty")
-        return
-    if file.suffix == ".parquet":  # Parquet stores strings as UTF-8 by specification
-        return
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with open(file, "rb") as handle:
-        try:
-            while chunk := handle.read(1 << 24):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError as error:
-            raise DataError(f"{key}: {file} is not UTF-8 text ({error.reason}); re-encode it as UTF-8") from None
-
-
-def _load_files(patterns: list[str], key: str, streaming: bool) -> Dataset | IterableDataset:
-    files = resolve_data_files(patterns, key)
-    for file in files:
-        _check_readable(file, key)
-    builder = DATA_FILE_BUILDERS[files[0].suffix]
-    # One .txt file = one document. The text builder yields each as a one-row table, which datasets buffers until
-    # writer_batch_size rows (default 1,000 documents, all in memory) before writing: write every batch instead.
-    options = {"sample_by": "document", "writer_batch_size": DOCUMENTS_PER_BATCH} if builder == "text" else {}
-    data_files = [str(file) for file in files]
-    return load_dataset(builder, data_files=data_files, split="train", streaming=streaming, **options)
-
-
-def _load_hub_dataset(data_args: DataArguments) -> dict[str, Dataset | IterableDataset]:
-    name = data_args.dataset_name
-    try:
-        splits = load_dataset(name, data_args.dataset_config_name, streaming=data_args.streaming)
-    except ConnectionError:
-        raise DataError(
-            f"dataset_name={name!r} needs the Hugging Face Hub, which cannot be reached here (offline or "
-            f"HF_HUB_OFFLINE=1) and the dataset is not cached; use local files instead: train_files (and "
-            f"validation_files) with {SUPPORTED_SUFFIXES} files, directories or globs"
-        ) from None
-    if "train" not in splits:
-        raise DataError(f"dataset_name={name!r} has no train split (it has {list(splits)})")
-    return {split: splits[split] for split in ("train", "validation") if split in splits}
-
-
-def _hold_out_validation(documents: Dataset | IterableDataset, data_args: DataArguments):
-    """(train, validation), the first documents becoming validation, as run_clm.py's `train[:N%]` does."""
-    if data_args.validation_documents is not None:
-        count, setting = data_args.validation_documents, f"validation_documents={data_args.validation_documents}"
-    elif data_args.streaming:
-        raise DataError(
-            "streaming needs validation_documents (the first N documents of the stream are held out; a stream has "
-            "no length to take validation_split_percentage of), validation_files or a Hub validation split"
-        )
-    else:
-        percentage = data_args.validation_split_percentage
-        count = max(1, round(len(documents) * percentage / 100)) if percentage > 0 else 0
-        setting = f"validation_split_percentage={percentage}"
-    if count < 1:
-        raise DataError(f"{setting} holds out no validation documents; hold some out or set validation_files")
-    if isinstance(documents, IterableDataset):
-        return documents.skip(count), documents.take(count)
-    if count >= len(documents):
-        raise DataError(
-            f"{setting} holds out {count} of the {len(documents)} training documents, leaving none to train on; "
-            f"set validation_files"
-        )
-    return documents.select(range(count, len(documents))), documents.select(range(count))
-
-
-def _check_documents(documents: Dataset | IterableDataset, text_column: str, source: str) -> None:
-    """An unknown text column, missing texts or a corpus without text are refused here, before any tokenization."""
-    if isinstance(documents, IterableDataset):
-        first = next(iter(documents.take(1)), None)  # a stream shows its columns, and whether it is empty, in row one
-        if first is None:
-            raise DataError(f"{source} is empty: it holds no documents")
-        columns = list(first)
-    else:
-        columns = documents.column_names
-    if text_column not in columns:
-        raise DataError(f"text_column={text_column!r} is not a column of {source}; its columns are {columns}")
-    if isinstance(documents, Dataset):
-        texts = documents.data.column(text_column)
-        if texts.null_count:
-            raise DataError(f"{source}: {texts.null_count} of its {len(documents)} rows have no {text_column!r}")
-        if not pc.sum(pc.binary_length(texts)).as_py():
-            raise DataError(f"{source} is empty: it holds no text")
-
-
-def load_documents(data_args: DataArguments) -> DatasetDict | IterableDatasetDict:
-    """The raw documents, one row each, split into train and validation (validation_files, the Hub's validation
-    split, or documents held out from the start of train)."""
-    if data_args.dataset_name is not None and data_args.train_files:
-        raise DataError("set dataset_name (a Hub dataset) or train_files (local files), not both")
-    if data_args.dataset_name is not None:
-        splits = _load_hub_dataset(data_args)
-        sources = {split: f"dataset_name={data_args.dataset_name!r} ({split} split)" for split in splits}
-    else:
-        splits = {"train": _load_files(data_args.train_files, "train_files", data_args.streaming)}
-        sources = {"train": "train_files"}
-    if data_args.validation_files:
-        splits["validation"] = _load_files(data_args.validation_files, "validation_files", data_args.streaming)
-        sources["validation"] = "validation_files"
-    if "validation" not in splits:
-        _check_documents(splits["train"], data_args.text_column, sources["train"])
-        splits["train"], splits["validation"] = _hold_out_validation(splits["train"], data_args)
-        sources["validation"] = f"the validation documents held out of {sources['train']}"
-    for split, documents in splits.items():
-        _check_documents(documents, data_args.text_column, sources[split])
-    return IterableDatasetDict(splits) if data_args.streaming else DatasetDict(splits)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The two maps
-
-
-def _with_separators(token_arrays: list[np.ndarray], separator: int) -> pa.ListArray:
-    """One Arrow list per document: its token ids, then `separator`; written into one int32 buffer."""
-    lengths = np.array([len(tokens) + 1 for tokens in token_arrays], dtype=np.int32)
-    offsets = np.zeros(len(token_arrays) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.empty(offsets[-1], dtype=np.int32)
-    for tokens, end in zip(token_arrays, offsets[1:]):
-        values[end - 1 - len(tokens) : end - 1] = tokens
-        values[end - 1] = separator
-    return pa.ListArray.from_arrays(offsets, values)
-
-
-class TokenizeDocuments:
-    """Map function: a batch of documents -> `input_ids`, each document's ids followed by one eos.
-
-    Text that spells a special token (e.g. "<|endoftext|>" inside a web page) is encoded as ordinary text, so only
-    the separators this function appends are document boundaries.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        if tokenizer.eos_token_id is None:
-            raise DataError(f"the tokenizer {tokenizer.name_or_path!r} has no eos_token to separate documents with")
-        self.eos_token_id = tokenizer.eos_token_id
-        # GPT-2's BPE goes through tiktoken; then no tokenizer object is kept, so GPT-2 loaded from anywhere shares
-        # one cache fingerprint. Any other tokenizer is kept and becomes part of the fingerprint.
-        self.tokenizer = None if is_gpt2_bpe(tokenizer) else tokenizer
-
-    def __call__(self, texts: pa.ChunkedArray) -> pa.Table:
-        texts = texts.to_pylist()
-        if self.tokenizer is None:
-            encoding = gpt2_encoding()
-            token_arrays = [encoding.encode_to_numpy(text, disallowed_special=()) for text in texts]
-        else:
-            ids = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
-            token_arrays = [np.asarray(document_ids, dtype=np.int32) for document_ids in ids]
-        return pa.table({"input_ids": _with_separators(token_arrays, self.eos_token_id)})
-
-
-class GroupIntoBlocks:
-    """Map function: consecutive documents' ids -> rows of exactly `block_size` ids, running across documents.
-
-    Blocks ignore document boundaries (the separators mark them), as in GPT-2's training. The ids after a batch's
-    last full block carry over into the next batch, so a split loses only its final partial block. The carry makes
-    the map sequential: it runs in one process, and starts afresh whenever a pass begins at the first document.
-    """
-
-    def __init__(self, block_size: int):
-        self.block_size = block_size
-        self.carry = np.empty(0, dtype=np.int32)
-
-    def __call__(self, token_lists: pa.ChunkedArray, indices: list[int]) -> pa.Table:
-        if indices[0] == 0:
-            self.carry = self.carry[:0]
-        chunks = pc.list_flatten(token_lists).chunks
-        tokens = np.concatenate([self.carry, *(chunk.to_numpy() for chunk in chunks)])  # (carried + batch tokens,)
-        usable = len(tokens) // self.block_size * self.block_size
-        self.carry = tokens[usable:].copy()
-        blocks = pa.FixedSizeListArray.from_arrays(pa.array(tokens[:usable]), self.block_size)  # (blocks, block_size)
-        return pa.table({"input_ids": blocks})
-
-
-def _map_splits(splits, function_for_split, data_args: DataArguments, description: str, num_proc=None, **options):
-    """One batched map over each split, on Arrow batches: Dataset.map (cached, multi-process) or, for a stream,
-    IterableDataset.map (lazy). `function_for_split()` gives each split its own function (GroupIntoBlocks has state).
-
-    A map that takes Arrow batches and returns an Arrow table does not merge the input columns into its output, so
-    the output is exactly the returned `input_ids` (declared in `features`, so that a stream knows its columns too).
-    """
-    mapped = {}
-    for split, dataset in splits.items():
-        arguments = dict(function=function_for_split(), batched=True, batch_size=DOCUMENTS_PER_BATCH, **options)
-        if isinstance(dataset, IterableDataset):
-            mapped[split] = dataset.with_format("arrow").map(**arguments)
-        else:
-            mapped[split] = dataset.with_format("arrow").map(
-                num_proc=num_proc,
-                load_from_cache_file=not data_args.overwrite_cache,
-                desc=f"{description} ({split})",
-                **arguments,
-            )
-    return type(splits)(mapped)
-
-
-def count_tokens(tokenized: Dataset) -> int:
-    """Tokens in a tokenized split, separators included (read from the Arrow list offsets, not the ids)."""
-    return pc.sum(pc.list_value_length(tokenized.data.column("input_ids"))).as_py() or 0
-
-
-def tokenize_documents(documents, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments):
-    """The first map: each document -> its token ids plus one eos, with `preprocessing_num_workers` processes."""
-    tokenize = TokenizeDocuments(tokenizer)
-    return _map_splits(
-        documents,
-        lambda: tokenize,
-        data_args,
-        "Tokenizing",
-        num_proc=data_args.preprocessing_num_workers,
-        input_columns=[data_args.text_column],
-        features=Features({"input_ids": List(Value("int32"))}),
-    )
-
-
-def group_into_blocks(tokenized, data_args: DataArguments):
-    """The second map: tokenized documents -> `block_size` blocks (one column, `input_ids`), with max_train_samples
-    and max_eval_samples applied. In one process: see GroupIntoBlocks."""
-    block_size = data_args.block_size
-    for split, dataset in tokenized.items():
-        if isinstance(dataset, Dataset) and (tokens := count_tokens(dataset)) < block_size:
-            raise DataError(
-                f"the {split} split has {tokens} tokens, fewer than block_size={block_size}: "
-                f"add text or lower block_size"
-            )
-    blocks = _map_splits(
-        tokenized,
-        lambda: GroupIntoBlocks(block_size),
-        data_args,
-        f"Grouping into blocks of {block_size}",
-        input_columns=["input_ids"],
-        with_indices=True,
-        features=Features({"input_ids": List(Value("int32"), length=block_size)}),
-    )
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    for split, limit in limits.items():
-        if limit is not None:
-            dataset = blocks[split]
-            if isinstance(dataset, IterableDataset):
-                blocks[split] = dataset.take(limit)
-            else:
-                blocks[split] = dataset.select(range(min(limit, len(dataset))))
-    return blocks.with_format(None)
-
-
-def prepare_datasets(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase) -> DatasetDict | IterableDatasetDict:
-    """`train` and `validation` splits of `block_size` blocks in one column, `input_ids`. Cached: a second run of the
-    same config reads the cache. With `streaming`, lazy IterableDatasets built by the same functions."""
-    documents = load_documents(data_args)
-    return group_into_blocks(tokenize_documents(documents, tokenizer, data_args), data_args)
-
-
-def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Trainer's data collator: blocks -> `input_ids` (B, T) and `labels`, the same ids (the model shifts them)."""
-    input_ids = torch.stack([torch.as_tensor(example["input_ids"]) for example in examples]).long()  # (B, T)
-    return {"input_ids": input_ids, "labels": input_ids.clone()}
-
-
-def summarize(tokenized: DatasetDict, blocks: DatasetDict) -> dict[str, int]:
-    """What the pipeline made: documents, tokens (one separator per document included), blocks per split."""
-    return {
-        "documents": sum(len(split) for split in tokenized.values()),
-        "tokens": sum(count_tokens(split) for split in tokenized.values()),
-        "train_blocks": len(blocks["train"]),
-        "validation_blocks": len(blocks["validation"]),
-        "block_size": blocks["train"].features["input_ids"].length,
-    }
+__all__ = ["main", "prepare_datasets", "collate_blocks"]  # the library functions the README documents here too
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Any other --key value overrides that setting of the config.",
         allow_abbrev=False,
     )
-    parser.add_argument("config", help="the run's JSON config (the file recipe/train.py reads)")
+    parser.add_argument("config", help="the run's JSON config (the file recipe.train reads)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     arguments, overrides = parser.parse_known_args(argv)
     try:
@@ -413,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_or_train_tokenizer(data_args, settings.training.output_dir)
         tokenized = tokenize_documents(load_documents(data_args), tokenizer, data_args)
         summary = summarize(tokenized, group_into_blocks(tokenized, data_args))
-    except (ConfigError, DataError) as error:
+    except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if arguments.json:

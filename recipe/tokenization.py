@@ -14,6 +14,8 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
+from .errors import DataError
+
 GPT2_ASSETS = Path(__file__).parent / "assets" / "gpt2"
 GPT2_VOCAB_FILE = GPT2_ASSETS / "encoder.json"  # OpenAI's name; `vocab.json` in the Hub's layout
 GPT2_MERGES_FILE = GPT2_ASSETS / "vocab.bpe"  # OpenAI's name; `merges.txt` in the Hub's layout
@@ -21,10 +23,13 @@ GPT2_EOT_TOKEN = "<|endoftext|>"
 GPT2_EOT_ID = 50256  # <|endoftext|>, GPT-2's document separator and its only special token
 GPT2_VOCAB_SIZE = 50257
 
-# Every OpenAI GPT-2 size shares one BPE, byte-identical to the bundled files, so these names need no Hub lookup.
-GPT2_HUB_IDS = {
+# OpenAI's GPT-2 sizes on the Hub. They share one BPE, byte-identical to the bundled files, so their tokenizer
+# needs no Hub lookup.
+GPT2_HUB_IDS = frozenset(
     f"{org}{size}" for org in ("", "openai-community/") for size in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-}
+)
+# The files a saved tokenizer may consist of; either of the first two means a directory holds one.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json", "merges.txt", "special_tokens_map.json")
 
 
 def gpt2_tokenizer() -> GPT2Tokenizer:
@@ -33,11 +38,21 @@ def gpt2_tokenizer() -> GPT2Tokenizer:
     return GPT2Tokenizer(vocab=str(GPT2_VOCAB_FILE), merges=str(GPT2_MERGES_FILE), model_max_length=1024)
 
 
-def load_tokenizer(name_or_path: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """GPT-2's tokenizer by default (offline), else any Hub id or local tokenizer directory."""
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether a directory holds a saved tokenizer."""
+    return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES[:2])
+
+
+def load_tokenizer(name_or_path: str | Path | None = None, setting: str = "tokenizer") -> PreTrainedTokenizerBase:
+    """GPT-2's tokenizer by default (offline), else any Hub id or local tokenizer directory. A failure is a
+    DataError that names `setting` (e.g. the config key the name came from)."""
     if name_or_path is None or (str(name_or_path) in GPT2_HUB_IDS and not Path(name_or_path).exists()):
         return gpt2_tokenizer()
-    return AutoTokenizer.from_pretrained(str(name_or_path))
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as error:  # not found, offline, not a tokenizer, an invalid repo id
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{setting}={str(name_or_path)!r} cannot be loaded: {reason}") from None
 
 
 @functools.cache

@@ -1,55 +1,28 @@
 """GPTTrainer: transformers' Trainer with the few overrides pre-training GPT-2 needs.
 
 - weight decay on exactly the 2-D tensors (matmuls and embeddings), as nanoGPT / llm.c do;
+- a guard at every optimizer step, before the optimizer applies it: a non-finite loss or gradient stops the run
+  (or skips that batch), and so does a gradient norm of exactly zero (no gradient reached the parameters: the run
+  would train nothing), so nothing of that step is applied or saved;
 - throughput (tokens/s), MFU, ETA and perplexity in the logs;
-- a non-finite loss is caught at the step where it happens: the run stops (or skips that batch) before the
-  optimizer applies it, so NaN weights are never written;
-- checkpoints are written to a staging directory and renamed into place, so `checkpoint-N` is always complete;
-- tokens are counted on the host (fixed-size blocks), without the per-micro-batch device sync Trainer uses.
+- checkpoints written under a staging name and renamed into place (recipe.checkpoints), so `checkpoint-N` is
+  always complete; the run's card and loss plot at the end (recipe.card);
+- tokens counted on the host (fixed-size blocks), without the per-micro-batch device sync Trainer uses.
 """
 
 import math
-import os
 import shutil
 import time
-from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .callbacks import PreemptionCallback
 from .card import write_model_card
-from .checkpoints import STAGING_PREFIX, fsync_tree, write_checksums
-from .modeling_gpt import GPTForCausalLM
-from .plot import PLOT_FILE, plot_runs
-
-
-# Dense bf16 peak FLOP/s per device, from NVIDIA's datasheets (without sparsity).
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIE": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped on a NaN or infinite loss; nothing after the last good step was saved."""
-
-
-def flops_per_token(model: GPTForCausalLM, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls with parameters (forward + backward) plus 12*L*H*Q*T for
-    attention (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's estimate_mfu). N excludes the position
-    embedding, a lookup; the tied token embedding counts once, as the LM head's matmul."""
-    config = model.config
-    n_params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
-    head_dim = config.n_embd // config.n_head
-    return 6 * n_params + 12 * config.n_layer * config.n_head * head_dim * seq_len
-
-
-def peak_flops(device_name: str) -> float | None:
-    """The bf16 peak of a GPU from its name, or None when it is not in the table."""
-    name = device_name.upper()
-    for key, value in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return value
-    return None
+from .checkpoints import PLOT_FILE, publish_checkpoint, rotate, staging_dir
+from .curves import plot_runs
+from .errors import TrainingStopped
+from .flops import model_flops_per_token, peak_flops
 
 
 class GPTTrainer(Trainer):
@@ -77,27 +50,42 @@ class GPTTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         finite = torch.isfinite(loss)
         self._step_is_finite = finite if self._step_is_finite is None else self._step_is_finite & finite
-        if self.accelerator.sync_gradients:  # the last micro-batch: the optimizer step comes next
-            self._guard_nonfinite(model)
         if self.nonfinite_loss == "skip":  # a skipped batch adds 0 to the logged loss instead of making it NaN
             loss = torch.where(finite, loss, torch.zeros_like(loss))
         return loss
 
-    def _guard_nonfinite(self, model) -> None:
-        """The one host sync per optimizer step: was every micro-batch's loss finite, on every process?"""
-        step_is_finite, self._step_is_finite = self._step_is_finite.to(torch.int32), None
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Trainer calls this once per optimizer step, after clipping and before `optimizer.step()`: the place to
+        decide whether the step may be applied."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self._guard_step(model, grad_norm)
+        return grad_norm
+
+    def _guard_step(self, model, grad_norm) -> None:
+        """The one host sync per optimizer step: were the losses of every micro-batch finite on every process, and
+        is the gradient norm (computed by the clipping, the same on every process) finite and above zero?"""
+        loss_is_finite, self._step_is_finite = self._step_is_finite, None
+        if grad_norm is None:  # DeepSpeed may not report one: only the losses can be checked
+            grad_norm = 1.0
+        norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=loss_is_finite.device)
+        flags = torch.stack([loss_is_finite, torch.isfinite(norm), norm > 0]).to(torch.int32)  # (3,)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(step_is_finite, op=torch.distributed.ReduceOp.MIN)
-        if bool(step_is_finite):
-            return
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+        loss_is_finite, norm_is_finite, gradient_reached = flags.tolist()
         step = self.state.global_step + 1
-        if self.nonfinite_loss == "skip":
-            # Optimizers leave parameters whose .grad is None untouched (no moment or step-count update either).
-            model.zero_grad(set_to_none=True)
-            self.skipped_batches.append(step)
-            self.log({"skipped_nonfinite_batches": len(self.skipped_batches)})
-            return
-        raise NonFiniteLossError(f"non-finite loss at step {step}")
+        if not (loss_is_finite and norm_is_finite):
+            if self.nonfinite_loss == "skip":
+                # Optimizers leave parameters whose .grad is None untouched (no moment or step-count update either).
+                model.zero_grad(set_to_none=True)
+                self.skipped_batches.append(step)
+                self.log({"skipped_nonfinite_batches": len(self.skipped_batches)})
+                return
+            raise TrainingStopped(f"non-finite {'loss' if not loss_is_finite else 'gradient'} at step {step}")
+        if not gradient_reached:
+            raise TrainingStopped(
+                f"the gradient norm is exactly 0 at step {step}: no gradient reached the parameters, so training "
+                f"would change nothing"
+            )
 
     # -- logging ----------------------------------------------------------------------------------------------
 
@@ -115,8 +103,9 @@ class GPTTrainer(Trainer):
             logs["tokens_per_second"] = round(tokens_per_second, 1)
             seconds_per_step = (now - self._last_log[0]) / (step - self._last_log[2])
             logs["eta_seconds"] = round(seconds_per_step * max(self.state.max_steps - step, 0))
-            if isinstance(self.model, GPTForCausalLM) and self.peak_flops_per_device and self.seq_len:
-                achieved = tokens_per_second * flops_per_token(self.model, self.seq_len)
+            if self.peak_flops_per_device and self.seq_len:
+                achieved = tokens_per_second * model_flops_per_token(self.accelerator.unwrap_model(self.model),
+                                                                     self.seq_len)
                 logs["mfu"] = round(achieved / (self.peak_flops_per_device * self.args.world_size), 4)
         self._last_log = (now, tokens, step)
 
@@ -130,14 +119,18 @@ class GPTTrainer(Trainer):
 
     # -- output -----------------------------------------------------------------------------------------------
 
+    def final_metrics(self) -> dict:
+        """The evaluation of the last step: that of its scheduled evaluation when there was one, else a new one."""
+        for entry in reversed(self.state.log_history):
+            if "eval_loss" in entry and entry["step"] == self.state.global_step:
+                return {key: value for key, value in entry.items() if key.startswith("eval_") or key == "epoch"}
+        return self.evaluate()
+
     def create_model_card(self, *args, **kwargs) -> None:
         """The recipe's card (data, hyperparameters, results, loss plot) instead of Trainer's generic one."""
-        if not self.is_world_process_zero():
-            return
-        output_dir = Path(self.args.output_dir)
-        if (output_dir / "trainer_state.json").is_file():
-            plot_runs([output_dir], output_dir / PLOT_FILE)
-        write_model_card(output_dir)
+        if self.is_world_process_zero():
+            plot_runs([self.args.output_dir], f"{self.args.output_dir}/{PLOT_FILE}")
+            write_model_card(self.args.output_dir)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
@@ -145,33 +138,21 @@ class GPTTrainer(Trainer):
         return getattr(self, "_staging_output_dir", None) or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write `checkpoint-N` under a staging name, then rename it into place once every process is done."""
-        run_dir = Path(super()._get_output_dir(trial))
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = run_dir / f"{STAGING_PREFIX}{name}"
+        """Trainer writes `checkpoint-N` into a staging directory; once every process is done, it is published."""
+        run_dir = super()._get_output_dir(trial)
+        staging = staging_dir(run_dir, self.state.global_step)
         if self.args.should_save:
-            shutil.rmtree(staging_root, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self._staging_output_dir = str(staging_root)
+        self._staging_output_dir = str(staging)
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._staging_output_dir = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            write_checksums(staging_root / name)  # lets a resume name a file damaged later
-            fsync_tree(staging_root)  # complete on disk before it gets its final name
-            final = run_dir / name
-            if final.exists():  # a re-save of the same step (e.g. the end of a resumed, finished run)
-                shutil.rmtree(final)
-            os.rename(staging_root / name, final)
-            shutil.rmtree(staging_root, ignore_errors=True)
-            if self.state.best_model_checkpoint and STAGING_PREFIX in self.state.best_model_checkpoint:
+            final = publish_checkpoint(run_dir, self.state.global_step)
+            if self.state.best_model_checkpoint and str(staging) in self.state.best_model_checkpoint:
                 self.state.best_model_checkpoint = str(final)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
+            rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()

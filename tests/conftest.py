@@ -12,19 +12,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import GPT2LMHeadModel  # noqa: E402
 
+from helpers import tiny_gpt2_config  # noqa: E402
 from recipe.tokenization import gpt2_tokenizer  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_gpt2_config(**overrides) -> GPT2Config:
-    """A transformers GPT-2 config of OpenAI's layout at a tiny size (GPT-2's vocabulary, so its tokenizer works)."""
-    fields = dict(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=50257,
-                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    fields.update(overrides)
-    return GPT2Config(**fields)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,12 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from recipe import train as train_module
-from recipe.args import ConfigError, parse_settings
+from recipe.args import parse_settings
+from recipe.errors import ConfigError
 from recipe.train import main
-from test_train import tiny_config
+from helpers import tiny_config
 
 
 def test_command_line_beats_the_file_and_the_file_beats_the_defaults(tmp_path):
@@ -61,7 +62,7 @@ def test_bad_config_is_refused_before_any_work_in_one_line(tmp_path, capsys, mon
         raise AssertionError("a bad config must be refused before the model or the data are touched")
 
     monkeypatch.setattr(train_module, "build_model", forbidden)
-    monkeypatch.setattr("recipe.data.prepare_datasets", forbidden)
+    monkeypatch.setattr("recipe.pipeline.prepare_datasets", forbidden)
     config = tiny_config(tmp_path, **fields)
     assert main([str(config), *overrides]) == 2
     error = capsys.readouterr().err

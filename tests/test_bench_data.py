@@ -5,7 +5,7 @@ import re
 import sys
 
 import datasets
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 BENCHMARK = REPO_ROOT / "benchmarks" / "bench_data.py"
 

@@ -8,9 +8,9 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 
 from recipe.card import tokens_per_step, write_model_card
 from recipe.evaluate import main as evaluate_main
-from recipe.plot import plot_runs
+from recipe.curves import plot_runs
 from recipe.push import main
-from tiny_run import SETTINGS, train_tiny_run
+from helpers import TINY_RUN_SETTINGS as SETTINGS, train_tiny_run
 
 REPO_ID = "someone/tiny-gpt"
 HELLASWAG_EXAMPLES = [

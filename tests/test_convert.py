@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from recipe import GPTForCausalLM
-from recipe.checkpoints import CheckpointError
+from recipe.errors import CheckpointError
 from recipe.convert import from_openai, load_openai_gpt2, main, to_openai
 
 
@@ -87,7 +87,7 @@ def test_cli_reports_errors_in_one_line_and_writes_nothing(tmp_path, capsys):
 def test_existing_output_is_not_overwritten_by_default(tmp_path, openai_gpt2_dir):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(CheckpointError, match="already exists"):
         from_openai(openai_gpt2_dir, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     from_openai(openai_gpt2_dir, tmp_path / "out", overwrite=True)

@@ -1,4 +1,4 @@
-"""The data pipeline (recipe.data): documents -> tokens + separators -> blocks, cached, multi-process and streamed."""
+"""The data pipeline (recipe.pipeline) and its command (recipe.data): documents -> tokens + separators -> blocks, cached, multi-process and streamed."""
 
 import json
 from dataclasses import replace
@@ -9,24 +9,23 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from datasets import IterableDataset
 
-import recipe.data
+import recipe.pipeline
 from recipe.args import DataArguments
-from recipe.data import (
-    DataError,
+from recipe.data import main
+from recipe.errors import ConfigError, DataError
+from recipe.pipeline import (
     collate_blocks,
     group_into_blocks,
     load_documents,
     load_or_train_tokenizer,
-    load_tokenizer,
-    main,
     prepare_datasets,
     resolve_data_files,
     tokenize_documents,
 )
-from recipe.tokenization import GPT2_EOT_ID, is_gpt2_bpe, train_bpe_tokenizer
+from recipe.tokenization import GPT2_EOT_ID, is_gpt2_bpe, load_tokenizer, train_bpe_tokenizer
 
 SHAKESPEARE = REPO_ROOT / "data" / "shakespeare"
 SCENE_COUNT = 120
@@ -215,7 +214,7 @@ def test_trained_tokenizer_is_saved_with_the_run_and_reused(scenes, tmp_path, mo
     def train_again(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(recipe.data, "train_bpe_tokenizer", train_again)
+    monkeypatch.setattr(recipe.pipeline, "train_bpe_tokenizer", train_again)
     assert load_or_train_tokenizer(args, tmp_path / "run").get_vocab() == tokenizer.get_vocab()
 
 
@@ -322,9 +321,9 @@ def test_bad_input_is_one_line_on_stderr_and_leaves_no_partial_cache(bad_input, 
     assert leftovers == []
 
 
-def test_streaming_without_validation_documents_is_refused(scenes):
-    with pytest.raises(DataError, match="streaming needs validation_documents"):
-        load_documents(DataArguments(train_files=[str(scenes)], streaming=True))
+def test_streaming_without_validation_documents_is_refused_by_the_settings(scenes):
+    with pytest.raises(ConfigError, match="streaming=true needs validation_documents"):
+        DataArguments(train_files=[str(scenes)], streaming=True)
 
 
 def test_unknown_column_of_a_stream_is_named(tmp_path):

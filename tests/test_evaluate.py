@@ -8,19 +8,18 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 
-import recipe.evaluate as evaluate_module
-from conftest import REPO_ROOT
+import recipe.scoring as scoring_module
+from helpers import REPO_ROOT
 from recipe import GPTConfig, GPTForCausalLM
 from recipe.convert import from_openai
-from recipe.evaluate import (
-    DataError, evaluate_perplexity, hellaswag_losses, main, read_hellaswag, score_hellaswag,
-)
+from recipe.errors import DataError
+from recipe.evaluate import main
+from recipe.scoring import evaluate_perplexity, hellaswag_losses, read_hellaswag, score_hellaswag
 from recipe.tokenization import gpt2_tokenizer
 
 EXAMPLES = [
@@ -146,7 +145,7 @@ def test_cli_bad_input_is_one_line(recipe_checkpoint, tmp_path, capsys):
 def test_without_data_the_official_file_is_downloaded_once_and_offline_fails_fast(
     recipe_checkpoint, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(evaluate_module, "HELLASWAG_CACHE", tmp_path / "cache" / "hellaswag_val.jsonl")
+    monkeypatch.setattr(scoring_module, "HELLASWAG_CACHE", tmp_path / "cache" / "hellaswag_val.jsonl")
     jsonl = "".join(json.dumps(example) + "\n" for example in EXAMPLES).encode()
     requests = []
 
@@ -158,7 +157,7 @@ def test_without_data_the_official_file_is_downloaded_once_and_offline_fails_fas
     assert main([str(recipe_checkpoint), "--task", "hellaswag"]) == 2
     error = capsys.readouterr().err
     assert "could not download HellaSwag" in error and "--data FILE.jsonl" in error and error.count("\n") == 1
-    assert requests == [(evaluate_module.HELLASWAG_URL, evaluate_module.DOWNLOAD_TIMEOUT_S)]
+    assert requests == [(scoring_module.HELLASWAG_URL, scoring_module.DOWNLOAD_TIMEOUT_S)]
 
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: requests.append(url) or io.BytesIO(jsonl))
     for _ in range(2):
@@ -186,24 +185,22 @@ def test_perplexity_is_the_models_next_token_loss_whatever_the_batch():
         assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
 
 
-def test_perplexity_cli_evaluates_the_validation_split_of_the_config(recipe_checkpoint, tmp_path, monkeypatch, capsys):
-    # recipe.data is written in parallel; this stands in for its contract: prepare_datasets(data_args, tokenizer)
-    # returns a DatasetDict with train/validation splits of fixed-length `input_ids` blocks.
-    calls = []
-
-    def prepare_datasets(data_args, tokenizer):
-        calls.append((data_args.dataset_name, data_args.block_size, tokenizer.eos_token_id))
-        return DatasetDict({"train": _blocks(2, seed=1), "validation": _blocks(5, seed=2)})
-
-    monkeypatch.setitem(sys.modules, "recipe.data", SimpleNamespace(prepare_datasets=prepare_datasets))
+def test_perplexity_cli_evaluates_the_validation_split_of_the_config(recipe_checkpoint, tmp_path, capsys):
+    plays = REPO_ROOT / "data" / "shakespeare"
+    settings = {"train_files": [str(plays / "macbeth_gut.txt")], "validation_files": [str(plays / "tempest_gut.txt")],
+                "block_size": 32, "max_eval_samples": 6, "output_dir": str(tmp_path / "out")}
     config = tmp_path / "config.json"
-    settings = {"dataset_name": "some/corpus", "block_size": 16, "output_dir": str(tmp_path / "out")}
     config.write_text(json.dumps(settings))
     assert main([str(recipe_checkpoint), "--task", "perplexity", "--config", str(config), "--batch_size", "2"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
+
+    # The same blocks as training's evaluation: The Tempest's first 6 x 32 tokens, each document + <|endoftext|>.
+    tokenizer = gpt2_tokenizer()
+    tempest = tokenizer((plays / "tempest_gut.txt").read_text())["input_ids"]
+    blocks = [{"input_ids": torch.tensor(tempest[start : start + 32])} for start in range(0, 6 * 32, 32)]
     model = GPTForCausalLM.from_pretrained(recipe_checkpoint)
-    assert calls == [("some/corpus", 16, 50256)]
-    assert result == {"task": "perplexity", **evaluate_perplexity(model, _blocks(5, seed=2), batch_size=2)}
+    assert result == {"task": "perplexity", **evaluate_perplexity(model, blocks, batch_size=2)}
+    assert result["n"] == 6
     assert json.loads((recipe_checkpoint / "eval_perplexity.json").read_text()) == result
 
     assert main([str(recipe_checkpoint), "--task", "perplexity"]) == 2

@@ -3,7 +3,7 @@
 import torch
 
 from recipe.tokenization import gpt2_tokenizer
-from twins import twin_models
+from helpers import twin_models
 
 
 def _greedy(model, input_ids, **kwargs):

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from recipe import GPTConfig, GPTForCausalLM, GPTModel
-from twins import twin_models
+from helpers import twin_models
 
 
 def test_default_config_is_gpt2_124m():

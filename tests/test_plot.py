@@ -6,8 +6,9 @@ import shutil
 import matplotlib.image
 import pytest
 
-from recipe.plot import main, parse_reference, plot_runs, read_log_history
-from tiny_run import SETTINGS, train_tiny_run
+from recipe.curves import plot_runs, read_log_history
+from recipe.plot import main, parse_reference
+from helpers import TINY_RUN_SETTINGS as SETTINGS, train_tiny_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -48,7 +49,11 @@ def test_plot_writes_a_png_of_the_logged_curves(run_dir, tmp_path):
     assert plotted["run"]["eval loss"] == ([entry["num_input_tokens_seen"] for entry in evals],
                                            [entry["eval_loss"] for entry in evals])
     assert plotted["run"]["learning rate"] == (tokens, [entry["learning_rate"] for entry in train])
-    assert plotted["run"]["tokens/s"] == (tokens, [entry["tokens_per_second"] for entry in train])
+    # tokens/s is measured between two training logs: from the second one on, never mixed with Trainer's average
+    timed = [entry for entry in train if "tokens_per_second" in entry]
+    assert len(timed) == len(train) - 1
+    assert plotted["run"]["tokens/s"] == ([entry["num_input_tokens_seen"] for entry in timed],
+                                          [entry["tokens_per_second"] for entry in timed])
     _assert_valid_png(tmp_path / "loss.png")
 
 

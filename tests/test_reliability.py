@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from recipe.train import main
-from test_train import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 

@@ -1,30 +1,13 @@
 """A saved checkpoint carries its code: it loads and generates in a Python that cannot import `recipe`."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
+from helpers import load_in_fresh_python
 from recipe import GPTForCausalLM
 from recipe.convert import from_openai
 from recipe.tokenization import gpt2_tokenizer
-
-LOAD_WITHOUT_RECIPE = Path(__file__).parent / "scripts" / "load_without_recipe.py"
-
-
-def load_in_fresh_python(checkpoint: Path, prompt: str) -> dict:
-    """Run scripts/load_without_recipe.py on a checkpoint; its JSON report."""
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, str(LOAD_WITHOUT_RECIPE), str(checkpoint), prompt],
-        cwd=checkpoint.parent, env=environment, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
 
 def test_checkpoint_loads_and_generates_without_the_package(openai_gpt2_dir, tmp_path):
     checkpoint = tmp_path / "checkpoint"

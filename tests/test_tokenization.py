@@ -2,7 +2,7 @@
 
 import tiktoken
 import tiktoken.load
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from tiktoken_ext import openai_public
 from transformers import AutoTokenizer
 

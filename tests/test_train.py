@@ -11,44 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT, SCRIPTS, load_in_fresh_python, tiny_config
 from recipe.args import parse_settings
 from recipe.modeling_gpt import GPTForCausalLM
 from recipe.train import main
-from test_remote_code import load_in_fresh_python
-
-SCRIPTS = Path(__file__).parent / "scripts"
-PLAYS = ["hamlet_gut.txt", "macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.txt"]
-
-
-def tiny_config(tmp_path: Path, name: str = "run", **overrides) -> Path:
-    """A config of a 2-layer GPT on four plays: seconds per run on two CPU cores."""
-    config = {
-        "train_files": [str(REPO_ROOT / "data" / "shakespeare" / play) for play in PLAYS],
-        "validation_split_percentage": 25,
-        "model_config": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64},
-        "block_size": 64,
-        "max_eval_samples": 32,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 16,
-        "max_steps": 30,
-        "warmup_steps": 5,
-        "learning_rate": 3e-3,
-        "logging_steps": 5,
-        "eval_steps": 15,
-        "save_steps": 15,
-        "report_to": "none",
-        "dataloader_num_workers": 0,
-        "sample_max_new_tokens": 8,
-        "sample_prompt": "To be, or not to be",
-        "output_dir": str(tmp_path / name),
-        "seed": 0,
-    }
-    config.update(overrides)
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(config))
-    return path
-
 
 def _final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "model.safetensors")
@@ -151,14 +117,14 @@ def test_only_2d_tensors_are_decayed_and_the_schedule_is_gpt2s(tmp_path):
 
 def train_for_inspection(settings):
     """A GPTTrainer on the config's data, without training."""
-    from recipe.data import collate_blocks, load_or_train_tokenizer, prepare_datasets
-    from recipe.train import build_model
+    from recipe.pipeline import collate_blocks, load_or_train_tokenizer, prepare_datasets
+    from recipe.sources import build_model
     from recipe.trainer import GPTTrainer
 
     tokenizer = load_or_train_tokenizer(settings.data, settings.training.output_dir)
     datasets = prepare_datasets(settings.data, tokenizer)
     return GPTTrainer(
-        model=build_model(settings, len(tokenizer), tokenizer.eos_token_id),
+        model=build_model(settings.model, len(tokenizer), tokenizer.eos_token_id),
         args=settings.training,
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],

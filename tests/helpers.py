@@ -1,0 +1,141 @@
+"""Helpers the tests share: tiny configs, twin models, a real tiny training run, loading in a fresh Python."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from recipe import GPTConfig, GPTForCausalLM
+from recipe.args import parse_settings
+from recipe.callbacks import PreemptionCallback, SampleCallback
+from recipe.checkpoints import RUN_CONFIG_FILE
+from recipe.pipeline import collate_blocks
+from recipe.sources import gpt_config_from_gpt2, state_dict_from_openai
+from recipe.tokenization import gpt2_tokenizer
+from recipe.trainer import GPTTrainer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).parent / "scripts"
+PLAYS = ["hamlet_gut.txt", "macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.txt"]
+
+
+def tiny_gpt2_config(**overrides) -> GPT2Config:
+    """A transformers GPT-2 config of OpenAI's layout at a tiny size (GPT-2's vocabulary, so its tokenizer works)."""
+    fields = dict(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=50257,
+                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    fields.update(overrides)
+    return GPT2Config(**fields)
+
+
+def twin_models(seed: int = 0, make_vocab_size_divisible_by: int = 1, **shape):
+    """(ours, reference), both in eval mode, with identical weights drawn by transformers' GPT-2 init."""
+    torch.manual_seed(seed)
+    reference = GPT2LMHeadModel(tiny_gpt2_config(**shape)).eval()
+    config = gpt_config_from_gpt2(reference.config, make_vocab_size_divisible_by)
+    ours = GPTForCausalLM(config).eval()
+    state = state_dict_from_openai(reference.state_dict(), config)
+    if make_vocab_size_divisible_by > 1:  # fill the padding rows with noise: they must not matter
+        state["transformer.wte.weight"][config.vocab_size :] = torch.randn_like(
+            state["transformer.wte.weight"][config.vocab_size :]
+        )
+    ours.load_state_dict(state, strict=False)
+    return ours, reference
+
+
+def tiny_config(tmp_path: Path, name: str = "run", **overrides) -> Path:
+    """A config of a 2-layer GPT on four plays: seconds per run on two CPU cores."""
+    config = {
+        "train_files": [str(REPO_ROOT / "data" / "shakespeare" / play) for play in PLAYS],
+        "validation_split_percentage": 25,
+        "model_config": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64},
+        "block_size": 64,
+        "max_eval_samples": 32,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "max_steps": 30,
+        "warmup_steps": 5,
+        "learning_rate": 3e-3,
+        "logging_steps": 5,
+        "eval_steps": 15,
+        "save_steps": 15,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "sample_max_new_tokens": 8,
+        "sample_prompt": "To be, or not to be",
+        "output_dir": str(tmp_path / name),
+        "seed": 0,
+    }
+    config.update(overrides)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+# A run as the recipe makes it, at a size that trains in seconds: its data is random blocks, but its settings name
+# a Hub dataset, so that the card has one to report.
+TINY_RUN_SETTINGS = {
+    "dataset_name": "HuggingFaceFW/fineweb-edu",
+    "dataset_config_name": "sample-10BT",
+    "block_size": 16,
+    "model_config": {"n_layer": 1, "n_embd": 32, "n_head": 4, "n_positions": 32},
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 2,
+    "gradient_accumulation_steps": 2,
+    "max_steps": 6,
+    "warmup_steps": 2,
+    "logging_steps": 1,
+    "eval_steps": 3,
+    "save_steps": 3,
+    "use_cpu": True,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": True,
+    "sample_max_new_tokens": 4,
+}
+
+
+def _random_blocks(count: int, block_size: int, seed: int) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    return Dataset.from_dict({"input_ids": torch.randint(0, 50257, (count, block_size), generator=generator).tolist()})
+
+
+def train_tiny_run(output_dir: Path) -> None:
+    """Train a 1-layer GPT for 6 steps with GPTTrainer and the recipe's callbacks (evals, checkpoints, samples),
+    then save what recipe.train saves at the end of a run."""
+    config_file = output_dir.parent / f"{output_dir.name}.json"
+    config_file.write_text(json.dumps({**TINY_RUN_SETTINGS, "output_dir": str(output_dir)}))
+    settings = parse_settings(config_file)
+    training, tokenizer = settings.training, gpt2_tokenizer()
+    torch.manual_seed(0)
+    block_size = settings.data.block_size
+    trainer = GPTTrainer(
+        model=GPTForCausalLM(GPTConfig(**settings.model.model_config)),
+        args=training,
+        train_dataset=_random_blocks(48, block_size, seed=1),
+        eval_dataset=_random_blocks(4, block_size, seed=2),
+        data_collator=collate_blocks,
+        processing_class=tokenizer,
+        callbacks=[PreemptionCallback(), SampleCallback(tokenizer, "Hello", training.sample_max_new_tokens)],
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(settings.to_dict(), indent=2))
+    result = trainer.train()
+    trainer.save_model()
+    trainer.save_state()
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_metrics("eval", trainer.final_metrics())
+
+
+def load_in_fresh_python(checkpoint: Path, prompt: str) -> dict:
+    """Run scripts/load_without_recipe.py on a checkpoint; its JSON report."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "load_without_recipe.py"), str(checkpoint), prompt],
+        cwd=checkpoint.parent, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
