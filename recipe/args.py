@@ -46,11 +46,12 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "eager | sdpa | flex_attention | flash_attention_2 | flash_attention_3"}
     )
-    loss_chunk_size: int = field(
-        default=4096,
+    loss_chunk_size: int | None = field(
+        default=None,
         metadata={"help": "Tokens per chunk of the fused LM-head + cross-entropy used in training: the full fp32 "
-                          "logits are never materialised (less memory, and faster on CPU). 0: the library's loss on "
-                          "full logits. Evaluation and generation always compute full logits."},
+                          "logits are never materialised (less memory; faster on CPU, slower on GPUs). 0: the "
+                          "library's loss on full logits. Absent: chosen for the device at start and printed "
+                          "(recipe.flops.choose_loss_chunk_size). Evaluation and generation compute full logits."},
     )
 
     def __post_init__(self):
@@ -427,7 +428,7 @@ def check_settings(settings: Settings) -> None:
     # any model (from scratch or pretrained).
     for key, fields in [("model_config: ", model_config_overrides(model)),
                         ("", {"make_vocab_size_divisible_by": model.make_vocab_size_divisible_by,
-                              "loss_chunk_size": model.loss_chunk_size})]:
+                              "loss_chunk_size": model.loss_chunk_size or 0})]:
         try:
             GPTConfig(**fields)
         except ValueError as error:

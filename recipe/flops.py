@@ -1,4 +1,7 @@
-"""The arithmetic of a run's cost: training FLOPs per token and the peak FLOP/s of known GPUs (for MFU)."""
+"""The arithmetic of a run's cost: training FLOPs per token, the peak FLOP/s of known GPUs (for MFU), the plan of a
+run, and the one memory decision made for the device: how the training loss is computed."""
+
+import torch
 
 # Dense bf16 peak FLOP/s per device, from NVIDIA's datasheets (without sparsity).
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIE": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}
@@ -28,6 +31,30 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
+# On CPUs the fused, chunked cross-entropy was faster than the library loss on full logits (1.07x at the small shape,
+# benchmarks/RESULTS.md); on an H200 it was slower (184 vs 151 ms a step at 64 x 1,024, issue #10), so GPUs compute
+# full logits unless their fp32 copy of one micro-batch would take more than this share of the GPU's memory.
+CPU_LOSS_CHUNK_SIZE = 4096
+MAX_LOGITS_MEMORY_SHARE = 0.25
+
+
+def choose_loss_chunk_size(requested: int | None, padded_vocab_size: int, tokens_per_micro_batch: int,
+                           device: torch.device) -> tuple[int, str]:
+    """(loss_chunk_size, why) for a run: the requested one when the config sets it, else chunks on CPUs, and on a
+    GPU full logits when they fit comfortably (fastest), chunks when they would not (e.g. 64 x 1,024 tokens of
+    GPT-2 on a 40 GB GPU)."""
+    if requested is not None:
+        return requested, "loss_chunk_size set in the config"
+    if device.type != "cuda":
+        return CPU_LOSS_CHUNK_SIZE, f"automatic on {device.type}, where chunks are faster"
+    logits_bytes = tokens_per_micro_batch * padded_vocab_size * 4
+    total = torch.cuda.get_device_properties(device).total_memory
+    sizes = f"the fp32 logits of a micro-batch take {logits_bytes / 2**30:.1f} of {total / 2**30:.0f} GiB"
+    if logits_bytes <= MAX_LOGITS_MEMORY_SHARE * total:
+        return 0, f"automatic on {torch.cuda.get_device_name(device)}: {sizes}"
+    return CPU_LOSS_CHUNK_SIZE, f"automatic on {torch.cuda.get_device_name(device)}: {sizes}"
+
+
 def run_plan(settings, model) -> dict:
     """The arithmetic of a run: what one optimizer step is, how many there are, and what it costs on a named GPU
     (`dry_run_gpu`, `dry_run_num_gpus`, `dry_run_mfu`)."""
@@ -41,6 +68,8 @@ def run_plan(settings, model) -> dict:
         ),
         "steps": training.max_steps if training.max_steps > 0 else None,
         "flops_per_token": model_flops_per_token(model, block_size),
+        "loss": (f"chunked cross-entropy, {model.config.loss_chunk_size} tokens a chunk" if model.config.loss_chunk_size
+                 else "full logits"),
     }
     if plan["steps"] is not None:
         plan["total_tokens"] = plan["steps"] * plan["tokens_per_step"]

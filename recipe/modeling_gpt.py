@@ -62,6 +62,10 @@ class CausalSelfAttention(nn.Module):
         value = value.view(batch, seq_len, self.n_head, self.head_dim).transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)  # (B, nh, T_past + T, hs)
+        if self.config._attn_implementation == "flex_attention":
+            # Compiled flex attention (torch 2.11) refuses q, k and v that are views of one buffer, as the split of
+            # c_attn's output is; give it three.
+            query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -175,24 +179,29 @@ class GPTModel(GPTPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
 
-        past_length = cache.get_seq_length() if cache is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a static cache
         seq_len = inputs_embeds.shape[1]
-        if past_length + seq_len > self.config.n_positions:
+        if not torch.compiler.is_compiling() and past_length + seq_len > self.config.n_positions:
             raise ValueError(
                 f"Input of {past_length + seq_len} tokens ({past_length} cached + {seq_len} new) is longer than the "
                 f"context of n_positions={self.config.n_positions}"
             )
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + seq_len, device=inputs_embeds.device).unsqueeze(0)
+            position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_length).unsqueeze(0)  # (1, T)
 
-        # None for an unpadded batch under sdpa (its is_causal path), else the mask each backend expects.
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
-        )
+        if attention_mask is None and cache is None and self.config._attn_implementation == "sdpa":
+            # Plain causal attention (training, an unpadded prompt): no mask, so sdpa takes its is_causal path, the
+            # flash kernels. create_causal_mask cannot know the batch is unpadded while torch.compile traces, and
+            # then builds a (T, T) mask that sends sdpa to a masked kernel (2.3x slower on an H200).
+            causal_mask = None
+        else:  # padding or a cache: the mask each backend expects
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=cache,
+                position_ids=position_ids,
+            )
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
         for block in self.h:
@@ -254,12 +263,13 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
                 num_items_in_batch=kwargs.get("num_items_in_batch"),
             )
         else:
-            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
-            if logits.shape[-1] != vocab_size:
-                logits = logits[..., :vocab_size]  # drop the padding rows: they are not tokens
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V_padded)
             loss = None
             if labels is not None:
-                loss = self.loss_function(logits, labels, vocab_size=vocab_size, **kwargs)
+                loss = self.loss_function(
+                    _without_padding_columns(logits, vocab_size), labels, vocab_size=logits.shape[-1], **kwargs
+                )
+            logits = logits[..., :vocab_size]  # the padding columns are not tokens
 
         return CausalLMOutputWithPast(
             loss=loss,
@@ -270,12 +280,28 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         )
 
 
+def _without_padding_columns(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The padded logits with the padding columns at -inf: a softmax gives them exactly zero weight, so the loss is
+    that of the `vocab_size` real columns. The loss reads them at full, padded width instead of through a slice:
+    rows of 50,304 (a multiple of 64) stay aligned in memory, and compiled, the whole cross-entropy backward is one
+    fused kernel, as in nanoGPT (a slice adds a scatter into a zero-padded gradient)."""
+    if logits.shape[-1] == vocab_size:
+        return logits
+    is_padding = torch.arange(logits.shape[-1], device=logits.device) >= vocab_size  # (V_padded,)
+    return logits.masked_fill(is_padding, float("-inf"))
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum over valid tokens of cross_entropy(hidden @ weight[:vocab].T, target), computed chunk by chunk.
 
     The gradients are computed during the forward pass (softmax minus one-hot, times the chunk's inputs), so
     neither the logits nor their softmax outlive one chunk; backward only scales the stored gradients.
     The same idea as the fused linear cross-entropy of Liger-Kernel and Apple's Cut Cross-Entropy.
+
+    The returned loss is a fresh tensor, never one written in place: under torch.compile, torch 2.11 gives a
+    Function whose output was mutated in place the gradient of the pre-mutation tensor, zero, so every gradient
+    came out zero while the loss looked right (issue #10; tests/test_compile.py). In-place writes stay confined to
+    the gradient buffers, which only backward reads.
     """
 
     @staticmethod
@@ -285,7 +311,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs_grad_hidden, needs_grad_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if needs_grad_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad_weight else None
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        chunk_losses = []
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             chunk = hidden[start:end]  # (n, C)
@@ -294,7 +320,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             valid = (chunk_targets != -100)[:, None]  # (n, 1)
             safe_targets = chunk_targets.clamp(min=0)[:, None]  # (n, 1)
             log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
-            loss_sum += ((log_norm - logits.gather(1, safe_targets)) * valid).sum()
+            chunk_losses.append(((log_norm - logits.gather(1, safe_targets)) * valid).sum())
             if grad_hidden is None and grad_weight is None:
                 continue
             # d(loss_sum)/d(logits) = softmax - onehot(target), zero for ignored tokens; in place, in the logits
@@ -312,7 +338,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_weight if grad_weight is not None else torch.empty(0),
         )
         ctx.weight_dtype = weight.dtype
-        return loss_sum
+        return torch.stack(chunk_losses).sum()  # a new tensor (see the class docstring)
 
     @staticmethod
     def backward(ctx, grad_output):

@@ -229,7 +229,8 @@ def build_model(model_args, vocab_size: int, eos_token_id: int | None) -> GPTFor
             f"the tokenizer has {vocab_size} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
     model.set_attn_implementation(model_args.attn_implementation)
-    model.config.loss_chunk_size = model_args.loss_chunk_size
+    if model_args.loss_chunk_size is not None:  # else chosen for the device once the batch is known
+        model.config.loss_chunk_size = model_args.loss_chunk_size
     model.generation_config.pad_token_id = model.config.eos_token_id
     return model
 

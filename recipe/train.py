@@ -26,7 +26,7 @@ from transformers import set_seed  # noqa: E402
 from recipe.args import Settings, check_output_dir, parse_settings  # noqa: E402
 from recipe.checkpoints import RUN_CONFIG_FILE, last_complete_checkpoint, resume_checkpoint  # noqa: E402
 from recipe.errors import RecipeError, TrainingStopped  # noqa: E402
-from recipe.flops import run_plan  # noqa: E402
+from recipe.flops import choose_loss_chunk_size, run_plan  # noqa: E402
 from recipe.sources import build_model  # noqa: E402
 from recipe.tokenization import load_tokenizer  # noqa: E402
 
@@ -37,7 +37,19 @@ def dry_run(settings: Settings) -> None:
     vocab_size = data.train_tokenizer_vocab_size or len(load_tokenizer(data.tokenizer_name, setting="tokenizer_name"))
     with torch.device("meta"):
         model = build_model(settings.model, vocab_size, eos_token_id=None)
-    print(json.dumps({"data": settings.describe_data(), **run_plan(settings, model)}, indent=2))
+    print(json.dumps(plan(settings, model), indent=2))
+
+
+def plan(settings: Settings, model) -> dict:
+    """Choose the model's loss for this run's device and micro-batch, then the run's plan, printed at start."""
+    training = settings.training
+    model.config.loss_chunk_size, why = choose_loss_chunk_size(
+        settings.model.loss_chunk_size, model.config.padded_vocab_size,
+        training.per_device_train_batch_size * settings.data.block_size, training.device,
+    )
+    run = {"data": settings.describe_data(), **run_plan(settings, model)}
+    run["loss"] += f" ({why})"
+    return run
 
 
 def train(settings: Settings):
@@ -53,12 +65,13 @@ def train(settings: Settings):
     with training.main_process_first(desc="tokenizer"):
         tokenizer = load_or_train_tokenizer(settings.data, training.output_dir)
     model = build_model(settings.model, len(tokenizer), tokenizer.eos_token_id)
+    run = plan(settings, model)
     checkpoint = resume_checkpoint(training.output_dir, training.overwrite_output_dir, training.should_save)
     if training.should_save:
         Path(training.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(training.output_dir) / RUN_CONFIG_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
     if training.process_index == 0:
-        print(json.dumps({"data": settings.describe_data(), **run_plan(settings, model)}))
+        print(json.dumps(run))
         if checkpoint is not None:
             print(f"resuming from {checkpoint}")
     hellaswag = read_hellaswag(training.hellaswag_file, training.hellaswag_limit) if training.hellaswag_steps else None

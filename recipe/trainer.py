@@ -80,12 +80,18 @@ class GPTTrainer(Trainer):
                 self.skipped_batches.append(step)
                 self.log({"skipped_nonfinite_batches": len(self.skipped_batches)})
                 return
-            raise TrainingStopped(f"non-finite {'loss' if not loss_is_finite else 'gradient'} at step {step}")
+            self._stop(f"non-finite {'loss' if not loss_is_finite else 'gradient'} at step {step}")
         if not gradient_reached:
-            raise TrainingStopped(
+            self._stop(
                 f"the gradient norm is exactly 0 at step {step}: no gradient reached the parameters, so training "
                 f"would change nothing"
             )
+
+    def _stop(self, reason: str) -> None:
+        """End training before the optimizer step: close what training opened (the progress bar, loggers, signal
+        handlers) so that the error line the command prints stands on its own, then raise."""
+        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        raise TrainingStopped(reason)
 
     # -- logging ----------------------------------------------------------------------------------------------
 

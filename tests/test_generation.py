@@ -21,6 +21,18 @@ def test_greedy_with_cache_equals_without_cache_and_transformers_gpt2():
     assert torch.equal(with_cache, theirs)
 
 
+def test_static_cache_generates_what_the_dynamic_cache_does():
+    ours, _ = twin_models(seed=8)
+    tokenizer = gpt2_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["To be, or not to be", "Friends, Romans, countrymen"], return_tensors="pt", padding=True)
+    dynamic = ours.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=50256)
+    static = ours.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=50256,
+                           cache_implementation="static")
+    assert torch.equal(static, dynamic)
+
+
 def test_batched_left_padded_prompts_generate_as_if_alone():
     ours, reference = twin_models(seed=6)
     tokenizer = gpt2_tokenizer()

@@ -2,7 +2,6 @@
 
 import ast
 import functools
-from pathlib import Path
 
 from helpers import REPO_ROOT
 

@@ -18,9 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, tiny_config
 from recipe.train import main
-from helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +135,18 @@ def test_nonfinite_loss_stops_at_its_step_and_writes_no_nan(tmp_path):
     assert not (output_dir / "model.safetensors").exists()
     for checkpoint in output_dir.glob("checkpoint-*"):
         assert all(torch.isfinite(tensor).all() for tensor in weights(checkpoint).values())
+
+
+def test_a_step_whose_gradient_is_zero_stops_the_run_in_one_line(tmp_path):
+    config = tiny_config(tmp_path, **RUN)
+    result = finish(config, tmp_path / "progress", zero_at_step=5)
+    assert result.returncode == 1
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: the gradient norm is exactly 0 at step 5: no gradient reached the parameters")
+    assert "Last good checkpoint: " in error and "checkpoint-3" in error
+    output_dir = tmp_path / "run"
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3"]  # nothing of step 5
+    assert not (output_dir / "model.safetensors").exists()
 
 
 def test_nonfinite_loss_can_skip_its_batch_instead(tmp_path):

@@ -3,6 +3,7 @@
 RECIPE_TEST_PROGRESS=FILE    append "<step>" to FILE after every optimizer step (so a test knows where the run is)
 RECIPE_TEST_HANG_IN_SAVE=N   hang inside the save of checkpoint-N, after its weights and optimizer are written
 RECIPE_TEST_NAN_AT_STEP=N    make the training loss NaN at optimizer step N (gradient accumulation 1)
+RECIPE_TEST_ZERO_AT_STEP=N   multiply the training loss by 0 from optimizer step N on (no gradient reaches the weights)
 """
 
 import functools
@@ -20,6 +21,7 @@ from recipe.trainer import GPTTrainer
 progress_file = os.environ.get("RECIPE_TEST_PROGRESS")
 hang_step = int(os.environ.get("RECIPE_TEST_HANG_IN_SAVE", 0))
 nan_step = int(os.environ.get("RECIPE_TEST_NAN_AT_STEP", 0))
+zero_step = int(os.environ.get("RECIPE_TEST_ZERO_AT_STEP", 0))
 
 
 class ReportProgress(TrainerCallback):
@@ -63,6 +65,8 @@ def forward_with_nan(self, *args, **kwargs):
         training_forwards += 1
         if training_forwards == nan_step:
             output.loss = output.loss * float("nan")
+        if zero_step and training_forwards >= zero_step:
+            output.loss = output.loss * 0.0
     return output
 
 

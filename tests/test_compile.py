@@ -1,0 +1,96 @@
+"""torch.compile (inductor, on the CPU) trains the same model as eager: every training path's gradients are compared,
+not only whether it compiles. A compiled chunked loss once gave all-zero gradients on a GPU while compiling fine."""
+
+import pytest
+import torch
+
+from recipe import GPTConfig, GPTForCausalLM
+from recipe.sampling import generate_text
+from recipe.tokenization import gpt2_tokenizer
+
+pytestmark = pytest.mark.slow  # each case compiles a forward and a backward with inductor (~20 s on 2 cores)
+
+# One case per training path, each compiled once: full logits and the chunked loss; sdpa and eager attention;
+# gradient checkpointing; fp32 and bf16 autocast. (Flex attention has no backward on the CPU: its forward is
+# compared below, its gradients by benchmarks/gpu_check.sh on a GPU.)
+CASES = {
+    "full-logits, sdpa": dict(loss_chunk_size=0, attn="sdpa"),
+    "chunked, eager attention, checkpointing": dict(loss_chunk_size=16, attn="eager", checkpointing=True),
+    "chunked, sdpa, bf16": dict(loss_chunk_size=16, attn="sdpa", bf16=True),
+}
+
+
+def _model(loss_chunk_size: int, attn: str) -> GPTForCausalLM:
+    # A padded vocabulary and a chunk size that does not divide the 2 x 24 tokens: the awkward shapes.
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=200, n_positions=32,
+                       make_vocab_size_divisible_by=64, loss_chunk_size=loss_chunk_size)
+    model = GPTForCausalLM(config).train()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def _gradients(model, input_ids, bf16: bool, compiled: bool = False) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    step = torch.compile(model) if compiled else model
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = step(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_compiled_training_step_has_the_eager_gradients(case):
+    model = _model(case["loss_chunk_size"], case["attn"])
+    if case.get("checkpointing"):
+        model.gradient_checkpointing_enable()
+    input_ids = torch.randint(0, 200, (2, 24))
+    bf16 = case.get("bf16", False)
+
+    eager = _gradients(model, input_ids, bf16)
+    compiled = _gradients(model, input_ids, bf16, compiled=True)
+
+    tolerance = 2e-2 if bf16 else 1e-5  # bf16: rounding differs between fused and unfused kernels
+    for name, gradient in eager.items():
+        assert compiled[name].abs().max() > 0 or gradient.abs().max() == 0, f"{name}: compiled gradient is all zero"
+        scale = gradient.abs().max().clamp(min=1e-3)
+        assert (compiled[name] - gradient).abs().max() <= tolerance * scale, name
+    norm = torch.stack([gradient.norm() for gradient in compiled.values()]).norm()
+    assert norm > 0.1  # the loss of a random model has a real gradient
+
+
+def test_compiled_flex_attention_gives_the_eager_loss():
+    model = _model(loss_chunk_size=0, attn="flex_attention")
+    input_ids = torch.randint(0, 200, (2, 24))
+    with torch.no_grad():
+        eager = model(input_ids=input_ids, labels=input_ids).loss
+        compiled = torch.compile(model)(input_ids=input_ids, labels=input_ids).loss
+    assert abs(compiled.item() - eager.item()) <= 1e-5
+
+
+def test_compiled_training_uses_sdpas_causal_kernel_without_a_mask():
+    """Under torch.compile, an unpadded batch reaches sdpa as is_causal=True with no mask: the flash path. (A
+    materialised (T, T) mask is what create_causal_mask gives while tracing, and it sends sdpa to a slower kernel.)"""
+    model = GPTForCausalLM(GPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=100, n_positions=32)).train()
+    model.set_attn_implementation("sdpa")
+    calls = []
+
+    def capture(graph_module, example_inputs):
+        calls.extend(node for node in graph_module.graph.nodes
+                     if node.op == "call_function" and "scaled_dot_product_attention" in str(node.target))
+        return graph_module.forward
+
+    input_ids = torch.randint(0, 100, (2, 16))
+    torch.compile(model, backend=capture, fullgraph=True)(input_ids=input_ids, labels=input_ids)
+    assert len(calls) == 1
+    assert calls[0].kwargs.get("is_causal") is True and calls[0].kwargs.get("attn_mask") is None
+
+
+def test_compiled_static_cache_decoding_gives_the_eager_tokens():
+    """generate_text(compile=True), what `recipe.generate --compile` runs: a static cache and a compiled forward."""
+    torch.manual_seed(0)
+    model = GPTForCausalLM(GPTConfig(n_layer=2, n_embd=32, n_head=4, n_positions=64)).eval()
+    tokenizer = gpt2_tokenizer()
+    eager = generate_text(model, tokenizer, "To be, or not to be", max_new_tokens=12, temperature=0)
+    compiled = generate_text(model, tokenizer, "To be, or not to be", max_new_tokens=12, temperature=0, compile=True)
+    assert compiled == eager
