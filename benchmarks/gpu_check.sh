@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One H100, no network, under 8 minutes: correctness, then 124M throughput/MFU vs GPT2LMHeadModel, then memory.
+# One H100 or H200, no network, about 6 minutes: does the 124M path learn through Trainer, is it right under
+# torch.compile, is its step at least the plain PyTorch reference's, how fast does it decode.
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine (needs this package and its dependencies)
 #   bash benchmarks/gpu_check.sh --device cpu     # dry run of every step at a tiny shape
-# Prints one markdown table; exits 1 if a correctness or memory check fails.
+# Prints one markdown table; exits 1 if a check FAILs. See benchmarks/gpu_check.py for what each row means.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
