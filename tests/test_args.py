@@ -53,6 +53,11 @@ BAD_CONFIGS = {
     "warm-up longer than the run": ({"warmup_steps": 50, "max_steps": 50}, [], "warmup_steps=50 is not shorter than the run (max_steps=50)"),
     "bf16 without a GPU": ({"bf16": True}, [], "bf16=true needs a GPU with bfloat16 support"),
     "no data": ({"train_files": None}, [], "no training data"),
+    "HellaSwag file missing": ({"hellaswag_steps": 10, "hellaswag_file": "nowhere.jsonl"}, [],
+                               "hellaswag_file=nowhere.jsonl does not exist"),
+    "both a Hub dataset and files": ({"dataset_name": "some/corpus"}, [], "set dataset_name (a Hub dataset) or "
+                                     "train_files (local files), not both"),
+    "streaming without a validation set": ({"streaming": True}, [], "streaming=true needs validation_documents"),
 }
 
 
@@ -99,3 +104,11 @@ def test_the_cli_prints_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: learning_rate=-1 must be positive"
     assert "Traceback" not in result.stderr
+
+
+def test_a_dry_run_with_a_tokenizer_that_cannot_be_loaded_is_one_line(tmp_path, capsys):
+    config = tiny_config(tmp_path, tokenizer_name=str(tmp_path / "no-such-tokenizer"))
+    assert main([str(config), "--dry_run"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: tokenizer_name={str(tmp_path / 'no-such-tokenizer')!r} cannot be loaded")
+    assert error.count("\n") == 1

@@ -169,14 +169,18 @@ def test_push_to_hub_uploads_weights_config_code_tokenizer_and_card_in_one_commi
     assert "someone/tiny-gpt" in card and "eval" in card.lower()
 
 
-def test_hellaswag_during_training_is_logged_with_the_losses(tmp_path):
+def test_hellaswag_during_training_works_from_the_documented_command_line(tmp_path):
+    """`python recipe/train.py CONFIG`, as the README starts it: recipe/ is on sys.path first there, where the
+    recipe's evaluate.py once shadowed the `evaluate` library that HellaSwag scoring imports."""
     examples = [{"ctx": "The cat sat on the", "endings": ["mat.", "moon.", "idea.", "run."], "label": 0},
                 {"ctx": "To be, or not to", "endings": ["be.", "fish.", "red.", "seven."], "label": 0}]
     hellaswag_file = tmp_path / "hellaswag.jsonl"
     hellaswag_file.write_text("".join(json.dumps(example) + "\n" for example in examples))
     config = tiny_config(tmp_path, max_steps=6, warmup_steps=1, eval_strategy="no", sample_max_new_tokens=0,
                          hellaswag_file=str(hellaswag_file), hellaswag_steps=3)
-    assert main([str(config)]) == 0
+    result = subprocess.run([sys.executable, "recipe/train.py", str(config)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
     scored = [entry for entry in history if "eval_hellaswag_acc_norm" in entry]
     assert [entry["step"] for entry in scored] == [3, 6]
