@@ -298,10 +298,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     neither the logits nor their softmax outlive one chunk; backward only scales the stored gradients.
     The same idea as the fused linear cross-entropy of Liger-Kernel and Apple's Cut Cross-Entropy.
 
-    The returned loss is a fresh tensor, never one written in place: under torch.compile, torch 2.11 gives a
-    Function whose output was mutated in place the gradient of the pre-mutation tensor, zero, so every gradient
-    came out zero while the loss looked right (issue #10; tests/test_compile.py). In-place writes stay confined to
-    the gradient buffers, which only backward reads.
+    The returned loss is a fresh tensor, never one written in place: tracing this forward, torch 2.11's Dynamo
+    returns every intermediate as an extra output, so an output updated in place (`loss_sum += ...`) comes back
+    several times, autograd wires its gradient to the last copy, and backward receives zero: every gradient came
+    out zero while the loss looked right (issue #10; upstream pytorch/pytorch#180642, fixed in 2.12). In-place
+    writes stay confined to the gradient buffers, which only backward reads; tests/test_compile.py compares the
+    compiled gradients with eager ones.
     """
 
     @staticmethod
