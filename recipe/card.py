@@ -12,6 +12,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCardData, metadata_load
 from safetensors import safe_open
+from transformers.utils import CONFIG_NAME
 
 from .checkpoints import CARD_FILE, PLOT_FILE, RUN_CONFIG_FILE, TRAINER_STATE_FILE, evaluation_file, metrics_file, weight_files
 from .errors import CheckpointError
@@ -150,7 +151,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
     run_dir = Path(run_dir)
     run_config = _read_json(run_dir / RUN_CONFIG_FILE)
     trainer_state = _read_json(run_dir / TRAINER_STATE_FILE)
-    model_config = _read_json(run_dir / "config.json")
+    model_config = _read_json(run_dir / CONFIG_NAME)
     name = repo_id or str(run_dir)
     parameters = parameter_count(run_dir)
 

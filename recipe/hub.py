@@ -10,6 +10,7 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from huggingface_hub.errors import HTTPError
 from huggingface_hub.utils import validate_repo_id
+from transformers.utils import CONFIG_NAME
 
 from .card import write_model_card
 from .checkpoints import PLOT_FILE, TRAINER_STATE_FILE, check_safetensors_header, weight_files
@@ -22,8 +23,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 def check_model_dir(run_dir: Path) -> None:
     """Refuse a directory without a complete model and a tokenizer, naming what is missing."""
-    if not (run_dir / "config.json").is_file():
-        raise CheckpointError(f"{run_dir} has no config.json: not a model checkpoint")
+    if not (run_dir / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{run_dir} has no {CONFIG_NAME}: not a model checkpoint")
     for path in weight_files(run_dir):
         check_safetensors_header(path)
     if not has_tokenizer(run_dir):

@@ -13,8 +13,9 @@ from typing import Literal
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers.utils import CONFIG_NAME
 
-from .checkpoints import atomic_directory, check_safetensors_header, load_state_dict, weight_files
+from .checkpoints import SAFETENSORS_INDEX_FILE, atomic_directory, check_safetensors_header, load_state_dict, weight_files
 from .configuration_gpt import GPTConfig
 from .errors import CheckpointError
 from .modeling_gpt import GPTForCausalLM
@@ -30,7 +31,7 @@ SHARED_CONFIG_FIELDS = (
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers that old GPT-2 checkpoints carry (the causal mask); they are not parameters.
 IGNORED_OPENAI_KEYS = (".attn.bias", ".attn.masked_bias")
-HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*.py",
+HUB_FILES = [CONFIG_NAME, "generation_config.json", "*.safetensors", SAFETENSORS_INDEX_FILE, "*.py",
              *TOKENIZER_FILES]
 
 
@@ -45,9 +46,9 @@ class ModelSource:
 
 
 def read_model_config(directory: str | Path) -> dict:
-    config_file = Path(directory) / "config.json"
+    config_file = Path(directory) / CONFIG_NAME
     if not config_file.is_file():
-        raise CheckpointError(f"{directory} has no config.json: not a model checkpoint")
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}: not a model checkpoint")
     try:
         return json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
@@ -67,7 +68,7 @@ def classify_source(name_or_path: str | Path | None) -> ModelSource:
         if model_type == OPENAI_MODEL_TYPE:
             return ModelSource("openai", config.get("n_positions"))
         raise CheckpointError(
-            f"{path / 'config.json'} has model_type={model_type!r}: neither a recipe GPT ({GPTConfig.model_type!r}) "
+            f"{path / CONFIG_NAME} has model_type={model_type!r}: neither a recipe GPT ({GPTConfig.model_type!r}) "
             f"nor OpenAI's GPT-2 ({OPENAI_MODEL_TYPE!r})"
         )
     if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") > 1:
@@ -187,7 +188,7 @@ def load_openai_gpt2(name_or_path: str | Path, make_vocab_size_divisible_by: int
     raw_config = read_model_config(directory)
     if raw_config.get("model_type") != OPENAI_MODEL_TYPE:
         raise CheckpointError(
-            f"{directory / 'config.json'} has model_type={raw_config.get('model_type')!r}, not "
+            f"{directory / CONFIG_NAME} has model_type={raw_config.get('model_type')!r}, not "
             f"{OPENAI_MODEL_TYPE!r}: not a transformers GPT-2 checkpoint"
         )
     config = gpt_config_from_gpt2(GPT2Config.from_dict(raw_config), make_vocab_size_divisible_by)
@@ -207,7 +208,7 @@ def load_model(name_or_path: str | Path, make_vocab_size_divisible_by: int = 1,
     try:
         return GPTForCausalLM.from_pretrained(directory, use_safetensors=True, **from_pretrained_kwargs)
     except ValueError as error:  # a config.json whose fields GPTConfig refuses
-        raise CheckpointError(f"{directory / 'config.json'}: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {str(error).splitlines()[0]}") from None
 
 
 def build_model(model_args, vocab_size: int, eos_token_id: int | None) -> GPTForCausalLM:
@@ -263,7 +264,7 @@ def to_openai(source: str | Path, output: str | Path, overwrite: bool = False) -
     raw_config = read_model_config(directory)
     if raw_config.get("model_type") != GPTConfig.model_type:
         raise CheckpointError(
-            f"{directory / 'config.json'} has model_type={raw_config.get('model_type')!r}, "
+            f"{directory / CONFIG_NAME} has model_type={raw_config.get('model_type')!r}, "
             f"not {GPTConfig.model_type!r}: not a recipe checkpoint"
         )
     config = GPTConfig.from_dict(raw_config)
