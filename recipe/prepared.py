@@ -358,9 +358,8 @@ def _new_manifest(data_args, tokenizer, corpus: Corpus, directory: Path) -> dict
                            "shards": corpus.shards[split]} for split in SPLITS},
         "complete": False,
     }
-    for split in SPLITS:
-        (directory / split).mkdir(parents=True, exist_ok=True)
-    _write_json(directory / MANIFEST_FILE, manifest)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_json(directory / MANIFEST_FILE, manifest)  # first: from here on, the directory is a prepared one
     return manifest
 
 
@@ -404,6 +403,7 @@ def prepare_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBas
 
     jobs = []
     for split in SPLITS:
+        (directory / split).mkdir(exist_ok=True)
         for partial in (directory / split).glob(f"*{PARTIAL_SUFFIX}"):  # left by an interrupted prepare
             partial.unlink()
         for shard in manifest["splits"][split]["shards"]:
