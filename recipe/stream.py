@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from datasets import IterableDataset
 
-from .errors import DataError
-
 
 class BlockStream(torch.utils.data.IterableDataset):
     """`block_size` blocks packed across document boundaries from tokenized documents (rows of `input_ids`, each
@@ -49,9 +47,10 @@ class BlockStream(torch.utils.data.IterableDataset):
         self.positions = {self.produced: self._start}
 
     def mark_consumed(self, blocks: int) -> None:
+        """The trainer took `blocks` more blocks: positions before them are no longer needed."""
         self.consumed += blocks
         if self.consumed not in self.positions:
-            raise DataError(f"the trainer consumed {self.consumed} blocks but the stream produced {self.produced}")
+            raise RuntimeError(f"the trainer consumed {self.consumed} blocks but the stream produced {self.produced}")
         for produced in [key for key in self.positions if key < self.consumed]:
             del self.positions[produced]
 
