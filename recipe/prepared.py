@@ -49,7 +49,9 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "gpt2-recipe prepared blocks 1"
 SPLITS = ("train", "validation")
 PARTIAL_SUFFIX = ".partial"  # a shard or manifest being written; never read
-SAMPLE_DOCUMENTS = 1000  # documents, spread over the training split, tokenized to estimate tokens per byte of text
+# The sample tokenized to estimate tokens per byte of text: documents spread evenly over the training split, up to
+# 1,000 of them and about 4 MB of text (~1M tokens, a second's work): all of a small corpus, so its estimate is exact.
+SAMPLE_DOCUMENTS, SAMPLE_BYTES = 1000, 4 << 20
 BLOCKS_PER_RECORD_BATCH = 1024  # rows per Arrow record batch (~2 MB at block_size 1024): few chunks to index
 COMMAND = "python -m recipe.data CONFIG"
 TOKENIZER_KEYS = ("tokenizer", "eos_token_id", "vocab_size")  # what the tokenizer settings decide
@@ -150,10 +152,11 @@ def _text_bytes(documents: Dataset, text_column: str) -> np.ndarray:
     return np.concatenate([np.zeros(0, np.int64), *(chunk.to_numpy().astype(np.int64) for chunk in lengths.chunks)])
 
 
-def _tokens_per_byte(documents: Dataset, tokenize: TokenizeDocuments, text_column: str) -> float:
-    """Tokens (without separators) per byte of text, over SAMPLE_DOCUMENTS documents spread evenly over the split:
-    all of them for a small corpus, so its estimate is exact."""
-    indices = np.unique(np.linspace(0, len(documents) - 1, min(len(documents), SAMPLE_DOCUMENTS)).astype(np.int64))
+def _tokens_per_byte(documents: Dataset, byte_counts: np.ndarray, tokenize: TokenizeDocuments,
+                     text_column: str) -> float:
+    """Tokens (without separators) per byte of text, over a sample of the documents (SAMPLE_DOCUMENTS)."""
+    count = min(len(documents), SAMPLE_DOCUMENTS, max(1, round(SAMPLE_BYTES * len(documents) / byte_counts.sum())))
+    indices = np.unique(np.linspace(0, len(documents) - 1, count).astype(np.int64))
     sample = documents.select(indices).with_format("arrow")
     tokens = text_bytes = 0
     for batch in sample.iter(batch_size=DOCUMENTS_PER_BATCH):
@@ -186,17 +189,17 @@ class Corpus:
 def survey(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> Corpus:
     """Load the documents, estimate their tokens from a sample and cut every split into shards."""
     documents = load_documents(data_args)
+    byte_counts = {split: _text_bytes(documents[split], data_args.text_column) for split in SPLITS}
     tokenize = TokenizeDocuments(tokenizer)
-    tokens_per_byte = _tokens_per_byte(documents["train"], tokenize, data_args.text_column)
+    tokens_per_byte = _tokens_per_byte(documents["train"], byte_counts["train"], tokenize, data_args.text_column)
     corpus = Corpus({}, {}, {}, {})
     for split in SPLITS:
-        byte_counts = _text_bytes(documents[split], data_args.text_column)
-        ranges = plan_shards(byte_counts, tokens_per_byte, data_args.prepared_shard_tokens)
+        ranges = plan_shards(byte_counts[split], tokens_per_byte, data_args.prepared_shard_tokens)
         corpus.documents[split] = documents[split]
-        corpus.text_bytes[split] = int(byte_counts.sum())
+        corpus.text_bytes[split] = int(byte_counts[split].sum())
         corpus.shards[split] = [
             {"file": f"data-{index:05d}-of-{len(ranges):05d}.arrow", "documents": [first, end],
-             "estimated_tokens": int(round(byte_counts[first:end].sum() * tokens_per_byte)) + end - first}
+             "estimated_tokens": int(round(byte_counts[split][first:end].sum() * tokens_per_byte)) + end - first}
             for index, (first, end) in enumerate(ranges)
         ]
         corpus.estimated_tokens[split] = sum(shard["estimated_tokens"] for shard in corpus.shards[split])
