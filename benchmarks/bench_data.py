@@ -20,9 +20,9 @@ The three pipelines, each with --workers processes, each ending with blocks of 1
 Then the prepared path (recipe.prepared), with 1 and with 2 workers, next to (a) with as many workers:
   prepared   recipe.data with prepared_dir: load, shards of ~1M tokens, each tokenized and packed into uint16 blocks
              by a pool of workers, checksummed, renamed, recorded in the manifest
-and the rate at which training reads prepared blocks, in one process: random batches of 64 blocks from
-open_prepared's train split through collate_blocks (what Trainer's dataloader does), next to the same blocks read
-from a raw uint16 file with numpy.memmap and fancy indexing.
+and the rate at which training reads prepared blocks, in one process with one thread (a dataloader worker): random
+batches of 64 blocks from open_prepared's train split through collate_blocks (what Trainer's dataloader does), next
+to the same blocks read from a raw uint16 file with numpy.memmap and fancy indexing.
 """
 
 import argparse
@@ -77,9 +77,10 @@ def run_prepared(corpus: Path, workers: int, output: Path) -> int:
     return prepare_blocks(_prepared_args(corpus, workers, output), load_tokenizer())["tokens"]
 
 
-def read_rates(corpus: Path, output: Path, passes: int = 2) -> dict[str, float]:
-    """Tokens/s of reading every prepared training block `passes` times in random batches, in this process: through
-    open_prepared + collate_blocks, and from a raw uint16 file of the same blocks with numpy.memmap."""
+def read_rates(corpus: Path, output: Path, passes: int = 5) -> dict[str, float]:
+    """Tokens/s of reading every prepared training block in random batches, in this process: through open_prepared +
+    collate_blocks, and from a raw uint16 file of the same blocks with numpy.memmap. The two readers alternate, one
+    pass each, `passes` times, after a warm-up pass each; the median pass counts."""
     import numpy as np
     import torch
 
@@ -101,15 +102,22 @@ def read_rates(corpus: Path, output: Path, passes: int = 2) -> dict[str, float]:
         input_ids = torch.from_numpy(raw[indices].astype(np.int64))  # (batch, block_size)
         return {"input_ids": input_ids, "labels": input_ids.clone()}
 
-    rates = {}
-    for name, read in (("prepared", read_prepared), ("raw", read_raw)):
-        tokens, start = 0, time.perf_counter()
-        for epoch in range(passes):
-            order = np.random.default_rng(epoch).permutation(len(blocks))
+    readers = {"prepared": read_prepared, "raw": read_raw}
+    rates = {name: [] for name in readers}
+    threads = torch.get_num_threads()
+    # One thread, as in a DataLoader worker process (torch sets it there): on a busy machine, a copy split over two
+    # threads waits for a free core (measured here: ~10 ms per 512 KB label copy instead of 0.03 ms).
+    torch.set_num_threads(1)
+    for epoch in range(passes + 1):
+        order = np.random.default_rng(epoch).permutation(len(blocks))
+        for name, read in readers.items():
+            tokens, start = 0, time.perf_counter()
             for first in range(0, len(order), READ_BATCH):
                 tokens += read(order[first : first + READ_BATCH])["input_ids"].numel()
-        rates[name] = tokens / (time.perf_counter() - start)
-    return rates
+            if epoch:  # the first pass warms the page cache and the allocator
+                rates[name].append(tokens / (time.perf_counter() - start))
+    torch.set_num_threads(threads)
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def _encode_file(path: Path):
@@ -325,7 +333,7 @@ def main() -> None:
               f"| {rate / 1e6:.2f} M | {rate / workers / 1e6:.2f} M | {rate / rates['tiktoken', workers]:.2f}x "
               f"| {small_peak:,.0f} -> {large_peak:,.0f} MiB |")
 
-    print(f"\n| training-side read, one process, random batches of {READ_BATCH} x {BLOCK_SIZE} | tokens/s "
+    print(f"\n| training-side read, one process, one thread, random batches of {READ_BATCH} x {BLOCK_SIZE} | tokens/s "
           f"| vs raw |")
     print("| --- | ---: | ---: |")
     print(f"| prepared: open_prepared + collate_blocks | {reads['prepared'] / 1e6:.1f} M "

@@ -360,7 +360,8 @@ def stream_datasets(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBa
     own_documents = split_dataset_by_node(documents["train"], rank=process_index, world_size=num_processes)
     tokenized = tokenize_documents(IterableDatasetDict({"train": own_documents}), tokenizer, data_args)["train"]
     validation = group_into_blocks(tokenize_documents(documents, tokenizer, data_args), data_args)["validation"]
-    return {"train": BlockStream(tokenized, data_args.block_size, data_args.max_train_samples), "validation": validation}
+    train = BlockStream(tokenized, data_args.block_size, data_args.max_train_samples)
+    return {"train": train, "validation": validation}
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:

@@ -129,8 +129,8 @@ def prepared_fingerprint(directory: str | Path) -> str:
 
 
 def _fingerprint(manifest: dict) -> str:
-    content = {"identity": manifest["identity"],
-               "shards": {split: [shard["sha256"] for shard in manifest["splits"][split]["shards"]] for split in SPLITS}}
+    shards = {split: [shard["sha256"] for shard in manifest["splits"][split]["shards"]] for split in SPLITS}
+    content = {"identity": manifest["identity"], "shards": shards}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -433,7 +433,8 @@ def prepare_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBas
     for split in SPLITS:
         if not sum(shard["blocks"] for shard in manifest["splits"][split]["shards"]):
             raise DataError(f"the {split} split gives no block of block_size={data_args.block_size} (each shard "
-                            f"drops its final partial block): add text, lower block_size or raise prepared_shard_tokens")
+                            f"drops its final partial block): add text, lower block_size or raise "
+                            f"prepared_shard_tokens")
     if not manifest["complete"]:
         manifest["fingerprint"] = _fingerprint(manifest)
         for split in SPLITS:

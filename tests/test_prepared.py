@@ -131,7 +131,8 @@ def test_blocks_are_uint16_on_disk_about_2_bytes_a_token_and_load_from_disk_read
     on_disk = sum(path.stat().st_size for path in (tmp_path / "prepared").rglob("*.arrow"))
     assert on_disk == summary["bytes"]
     assert 2.0 <= on_disk / tokens_in_blocks < 2.01
-    assert str(token_type(50_257)) == "uint16" and str(token_type(100_277)) == "uint32"  # e.g. GPT-4's cl100k vocabulary
+    assert str(token_type(50_257)) == "uint16"
+    assert str(token_type(100_277)) == "uint32"  # e.g. GPT-4's cl100k vocabulary
 
 
 def test_dry_run_estimates_documents_tokens_disk_and_shards_and_writes_nothing(scenes, tmp_path, capsys):
