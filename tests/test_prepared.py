@@ -247,6 +247,21 @@ def test_a_config_that_disagrees_with_the_prepared_blocks_is_refused_by_setting(
     assert modification_times(tmp_path / "prepared") == before
 
 
+def test_a_corpus_that_changed_under_its_prepared_blocks_is_refused(scenes, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    shutil.copy(scenes, corpus)
+    settings = {"train_files": [str(corpus)], "validation_documents": VALIDATION_DOCUMENTS, "block_size": 64,
+                "prepared_dir": str(tmp_path / "prepared")}
+    prepare_blocks(DataArguments(**settings), load_tokenizer())
+    before = modification_times(tmp_path / "prepared")
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in scene_texts()[:-1]))  # one fewer
+    status, err = run_data(tmp_path, capsys, settings)
+    assert status == 2
+    line = one_error_line(err)
+    assert f"the train documents differ from those prepared_dir={tmp_path / 'prepared'} was prepared from" in line
+    assert modification_times(tmp_path / "prepared") == before
+
+
 def test_a_directory_that_is_not_prepared_is_never_written_into(scenes, tmp_path, capsys):
     (tmp_path / "prepared").mkdir()
     (tmp_path / "prepared" / "notes.txt").write_text("mine")
