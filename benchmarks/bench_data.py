@@ -16,6 +16,13 @@ The three pipelines, each with --workers processes, each ending with blocks of 1
   tiktoken   (a) a multiprocessing.Pool encoding whole files with tiktoken, the ids appended to one file, reshaped
   run_clm    (b) transformers' examples/pytorch/language-modeling/run_clm.py: map(transformers tokenizer), then
              map(group by concatenating Python lists, labels stored as a copy), on the same documents
+
+Then the prepared path (recipe.prepared), with 1 and with 2 workers, next to (a) with as many workers:
+  prepared   recipe.data with prepared_dir: load, shards of ~1M tokens, each tokenized and packed into uint16 blocks
+             by a pool of workers, checksummed, renamed, recorded in the manifest
+and the rate at which training reads prepared blocks, in one process with one thread (a dataloader worker): random
+batches of 64 blocks from open_prepared's train split through collate_blocks (what Trainer's dataloader does), next
+to the same blocks read from a raw uint16 file with numpy.memmap and fancy indexing.
 """
 
 import argparse
@@ -38,6 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS = REPO_ROOT / "data" / "shakespeare"
 BLOCK_SIZE = 1024
 PIPELINES = {"recipe": "recipe", "tiktoken": "tiktoken (a)", "run_clm": "run_clm (b)"}  # name -> label in the table
+PREPARED_SHARD_TOKENS = 1_000_000  # ~3 shards at 2 copies, ~25 at 16: work for every worker
+READ_BATCH = 64  # blocks per batch, as gpt2_124m.json's per_device_train_batch_size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -52,6 +61,63 @@ def run_recipe(corpus: Path, workers: int, output: Path) -> int:
     data_args = DataArguments(train_files=[str(corpus)], block_size=BLOCK_SIZE, preprocessing_num_workers=workers)
     tokenized = tokenize_documents(load_documents(data_args), load_tokenizer(), data_args)
     return summarize(tokenized, group_into_blocks(tokenized, data_args))["tokens"]
+
+
+def _prepared_args(corpus: Path, workers: int, output: Path):
+    from recipe.args import DataArguments
+
+    return DataArguments(train_files=[str(corpus)], block_size=BLOCK_SIZE, preprocessing_num_workers=workers,
+                         prepared_dir=str(output / "prepared"), prepared_shard_tokens=PREPARED_SHARD_TOKENS)
+
+
+def run_prepared(corpus: Path, workers: int, output: Path) -> int:
+    from recipe.prepared import prepare_blocks
+    from recipe.tokenization import load_tokenizer
+
+    return prepare_blocks(_prepared_args(corpus, workers, output), load_tokenizer())["tokens"]
+
+
+def read_rates(corpus: Path, output: Path, passes: int = 5) -> dict[str, float]:
+    """Tokens/s of reading every prepared training block in random batches, in this process: through open_prepared +
+    collate_blocks, and from a raw uint16 file of the same blocks with numpy.memmap. The two readers alternate, one
+    pass each, `passes` times, after a warm-up pass each; the median pass counts."""
+    import numpy as np
+    import torch
+
+    from recipe.pipeline import collate_blocks
+    from recipe.prepared import open_prepared, prepare_blocks
+    from recipe.tokenization import load_tokenizer
+
+    args = _prepared_args(corpus, 2, output)
+    prepare_blocks(args, load_tokenizer())
+    blocks = open_prepared(args, load_tokenizer())["train"]
+    raw_file = output / "blocks.bin"
+    blocks[:]["input_ids"].tofile(raw_file)  # (blocks, block_size) uint16
+    raw = np.memmap(raw_file, dtype=np.uint16, mode="r").reshape(-1, BLOCK_SIZE)  # (blocks, block_size)
+
+    def read_prepared(indices):
+        return collate_blocks(blocks.__getitems__(indices.tolist()))
+
+    def read_raw(indices):
+        input_ids = torch.from_numpy(raw[indices].astype(np.int64))  # (batch, block_size)
+        return {"input_ids": input_ids, "labels": input_ids.clone()}
+
+    readers = {"prepared": read_prepared, "raw": read_raw}
+    rates = {name: [] for name in readers}
+    threads = torch.get_num_threads()
+    # One thread, as in a DataLoader worker process (torch sets it there): on a busy machine, a copy split over two
+    # threads waits for a free core (measured here: ~10 ms per 512 KB label copy instead of 0.03 ms).
+    torch.set_num_threads(1)
+    for epoch in range(passes + 1):
+        order = np.random.default_rng(epoch).permutation(len(blocks))
+        for name, read in readers.items():
+            tokens, start = 0, time.perf_counter()
+            for first in range(0, len(order), READ_BATCH):
+                tokens += read(order[first : first + READ_BATCH])["input_ids"].numel()
+            if epoch:  # the first pass warms the page cache and the allocator
+                rates[name].append(tokens / (time.perf_counter() - start))
+    torch.set_num_threads(threads)
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def _encode_file(path: Path):
@@ -207,30 +273,37 @@ def main() -> None:
 
     if arguments.child:
         pipeline, corpus, workers, output = arguments.child
-        runner = {"recipe": run_recipe, "tiktoken": run_tiktoken, "run_clm": run_run_clm}[pipeline]
+        runner = {"recipe": run_recipe, "tiktoken": run_tiktoken, "run_clm": run_run_clm,
+                  "prepared": run_prepared}[pipeline]
         print(json.dumps({"tokens": runner(Path(corpus), int(workers), Path(output))}))
         return
 
     load_before = os.getloadavg()
     small, large = arguments.copies
-    runs = {pipeline: [] for pipeline in PIPELINES}  # per repeat: (small result, large result), each (s, tokens, bytes)
+    # (pipeline, workers): the three pipelines with --workers, then prepared and (a) with 1 and 2 workers
+    contenders = [(pipeline, arguments.workers) for pipeline in PIPELINES]
+    contenders += [entry for entry in [("prepared", 1), ("tiktoken", 1), ("prepared", 2), ("tiktoken", 2)]
+                   if entry not in contenders]
+    runs = {entry: [] for entry in contenders}  # per repeat: (small result, large result), each (s, tokens, bytes)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         corpora = [make_corpus(scratch / f"copies-{copies}", copies) for copies in (small, large)]
         for _ in range(arguments.repeats):
-            for pipeline in PIPELINES:
-                pair = [measure(pipeline, corpus, arguments.workers, scratch) for corpus in corpora]
-                runs[pipeline].append(pair)
+            for pipeline, workers in contenders:
+                pair = [measure(pipeline, corpus, workers, scratch) for corpus in corpora]
+                runs[pipeline, workers].append(pair)
                 for copies, (seconds, tokens, peak) in zip((small, large), pair):
-                    print(f"# {pipeline:8} {copies:2} copies: {seconds:6.2f} s, {tokens:,} tokens, "
+                    print(f"# {pipeline:8} {workers} workers {copies:2} copies: {seconds:6.2f} s, {tokens:,} tokens, "
                           f"peak {peak / 2**20:,.0f} MiB", file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=scratch) as output:
+            reads = read_rates(corpora[1], Path(output))
     load_after = os.getloadavg()
 
     def marginal_rate(pair) -> float:
         (small_seconds, small_tokens, _), (large_seconds, large_tokens, _) = pair
         return (large_tokens - small_tokens) / (large_seconds - small_seconds)
 
-    rates = {pipeline: statistics.median(marginal_rate(pair) for pair in pairs) for pipeline, pairs in runs.items()}
+    rates = {entry: statistics.median(marginal_rate(pair) for pair in pairs) for entry, pairs in runs.items()}
     print(f"Command: `python benchmarks/bench_data.py --workers {arguments.workers} "
           f"--copies {small} {large} --repeats {arguments.repeats}`  ")
     print(f"Machine: {machine()}  ")
@@ -239,11 +312,33 @@ def main() -> None:
     print(f"| pipeline ({arguments.workers} workers) | s, {small} copies | s, {large} copies "
           f"| marginal tokens/s | recipe's rate is | peak memory, {small} -> {large} copies |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for pipeline, pairs in runs.items():
-        small_seconds, large_seconds = (statistics.median(pair[index][0] for pair in pairs) for index in (0, 1))
-        small_peak, large_peak = (max(pair[index][2] for pair in pairs) / 2**20 for index in (0, 1))
-        print(f"| {PIPELINES[pipeline]} | {small_seconds:.2f} | {large_seconds:.2f} | {rates[pipeline] / 1e6:.2f} M "
-              f"| {rates['recipe'] / rates[pipeline]:.2f}x | {small_peak:,.0f} -> {large_peak:,.0f} MiB |")
+    def seconds_and_peaks(pairs):
+        seconds = [statistics.median(pair[index][0] for pair in pairs) for index in (0, 1)]
+        return seconds, [max(pair[index][2] for pair in pairs) / 2**20 for index in (0, 1)]
+
+    recipe = rates["recipe", arguments.workers]
+    for pipeline in PIPELINES:
+        (small_seconds, large_seconds), (small_peak, large_peak) = seconds_and_peaks(runs[pipeline, arguments.workers])
+        rate = rates[pipeline, arguments.workers]
+        print(f"| {PIPELINES[pipeline]} | {small_seconds:.2f} | {large_seconds:.2f} | {rate / 1e6:.2f} M "
+              f"| {recipe / rate:.2f}x | {small_peak:,.0f} -> {large_peak:,.0f} MiB |")
+
+    print(f"\n| prepare into prepared_dir | s, {small} copies | s, {large} copies | marginal tokens/s | per worker "
+          f"| vs tiktoken (a), same workers | peak memory, {small} -> {large} copies |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for workers in (1, 2):
+        (small_seconds, large_seconds), (small_peak, large_peak) = seconds_and_peaks(runs["prepared", workers])
+        rate = rates["prepared", workers]
+        print(f"| prepared, {workers} worker{'s' * (workers > 1)} | {small_seconds:.2f} | {large_seconds:.2f} "
+              f"| {rate / 1e6:.2f} M | {rate / workers / 1e6:.2f} M | {rate / rates['tiktoken', workers]:.2f}x "
+              f"| {small_peak:,.0f} -> {large_peak:,.0f} MiB |")
+
+    print(f"\n| training-side read, one process, one thread, random batches of {READ_BATCH} x {BLOCK_SIZE} | tokens/s "
+          f"| vs raw |")
+    print("| --- | ---: | ---: |")
+    print(f"| prepared: open_prepared + collate_blocks | {reads['prepared'] / 1e6:.1f} M "
+          f"| {reads['prepared'] / reads['raw']:.2f}x |")
+    print(f"| raw: numpy.memmap of uint16 + fancy indexing | {reads['raw'] / 1e6:.1f} M | 1.00x |")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,20 @@ class DataArguments:
         default=None, metadata={"help": "Processes for tokenizing and grouping (datasets' num_proc)."}
     )
     streaming: bool = field(
-        default=False, metadata={"help": "Stream the dataset (IterableDataset): for corpora larger than disk or RAM."}
+        default=False,
+        metadata={"help": "Stream the dataset (IterableDataset), tokenizing while training: for corpora larger than "
+                          "disk. Each process reads its own documents; a checkpoint records where each stream stands."},
+    )
+    prepared_dir: str | None = field(
+        default=None,
+        metadata={"help": "Tokenize once into this directory (python -m recipe.data CONFIG: block_size blocks of "
+                          "uint16 ids, in parallel, resumable) and train from it: every process reads its own blocks "
+                          "map-style, and a resume skips indices, not data. For corpora of any size."},
+    )
+    prepared_shard_tokens: int = field(
+        default=100_000_000,
+        metadata={"help": "About this many tokens per prepared shard (estimated from a sample): the unit of parallel "
+                          "work and of resuming an interrupted prepare. Each shard drops its final partial block."},
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of reusing datasets' cache."})
     tokenizer_name: str | None = field(
@@ -116,10 +129,16 @@ class DataArguments:
         if not 0 <= self.validation_split_percentage < 100:
             raise ConfigError(f"validation_split_percentage={self.validation_split_percentage} must be in [0, 100)")
         for key in ("block_size", "validation_documents", "max_train_samples", "max_eval_samples",
-                    "preprocessing_num_workers"):
+                    "preprocessing_num_workers", "prepared_shard_tokens"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}={value} must be positive")
+        if self.prepared_dir is not None and self.streaming:
+            raise ConfigError("set prepared_dir (tokenize once, then read blocks) or streaming (tokenize while "
+                              "training), not both")
+        if self.prepared_shard_tokens < self.block_size:
+            raise ConfigError(f"prepared_shard_tokens={self.prepared_shard_tokens} is smaller than one block "
+                              f"(block_size={self.block_size})")
         if self.streaming and self.validation_documents is None and not self.validation_files:
             raise ConfigError(
                 "streaming=true needs validation_documents (the first N documents of the stream are held out; a "
@@ -238,8 +257,10 @@ class Settings:
         data = self.data
         if data.dataset_name:
             name = "/".join(filter(None, [data.dataset_name, data.dataset_config_name]))
-            return f"{name} (Hub{', streamed' if data.streaming else ''})"
-        return ", ".join(data.train_files)
+            source = f"{name} (Hub{', streamed' if data.streaming else ''})"
+        else:
+            source = ", ".join(data.train_files)
+        return f"{source}, prepared in {data.prepared_dir}" if data.prepared_dir else source
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved settings as one flat, JSON-serialisable dict (the shape of a config file)."""
@@ -263,6 +284,7 @@ RESUME_NEUTRAL_KEYS = {
     "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
     "preprocessing_num_workers", "overwrite_cache", "sample_prompt", "sample_max_new_tokens", "hellaswag_file",
     "hellaswag_steps", "hellaswag_limit", "peak_tflops", "skip_memory_metrics", "output_dir",
+    "prepared_dir",  # the prepared data may move: each checkpoint records its fingerprint, checked on resume
 }
 
 
@@ -448,6 +470,11 @@ def check_settings(settings: Settings) -> None:
     if training.max_steps > 0 and training.warmup_steps >= 1 and training.warmup_steps >= training.max_steps:
         raise ConfigError(
             f"warmup_steps={training.warmup_steps} is not shorter than the run (max_steps={training.max_steps})"
+        )
+    if data.streaming and training.dataloader_num_workers > 0:
+        raise ConfigError(
+            f"streaming=true reads each process's stream in that process, so that a checkpoint records exactly where "
+            f"it stands: set dataloader_num_workers=0 (got {training.dataloader_num_workers})"
         )
     if data.streaming and training.max_steps <= 0:
         raise ConfigError(

@@ -30,6 +30,13 @@ RUN_CONFIG_FILE = "run_config.json"  # the resolved settings, written at the sta
 TRAINER_STATE_FILE = "trainer_state.json"  # Trainer's state: global step, log history
 PLOT_FILE = "loss.png"  # the training curves (recipe.curves)
 CARD_FILE = "README.md"  # the model card (recipe.card)
+# What a checkpoint records of its data, so that a resume reads on from there (recipe.trainer).
+TRAIN_DATA_FILE = "train_data.json"  # the fingerprint of the prepared data the run trains on
+
+
+def stream_position_file(process_index: int) -> str:
+    """Where a checkpoint keeps one process's stream position (streaming runs), beside Trainer's rng_state_N.pth."""
+    return f"stream_position_{process_index}.json"
 
 
 def metrics_file(split: str) -> str:

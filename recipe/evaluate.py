@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from transformers.utils.logging import disable_progress_bar
@@ -21,6 +22,7 @@ from .args import parse_settings
 from .checkpoints import evaluation_file
 from .errors import ConfigError, RecipeError
 from .pipeline import prepare_datasets
+from .prepared import open_prepared
 from .scoring import download_hellaswag, evaluate_perplexity, read_hellaswag, score_hellaswag
 from .sources import load_model_and_tokenizer
 
@@ -51,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data_args = parse_settings(args.config).data
             model, tokenizer = load_model_and_tokenizer(args.checkpoint)
-            blocks = prepare_datasets(data_args, tokenizer)["validation"].with_format("torch")
+            if data_args.prepared_dir is not None:  # the blocks training evaluated on, uint16 on disk
+                validation = open_prepared(data_args, tokenizer)["validation"]
+            else:
+                validation = prepare_datasets(data_args, tokenizer)["validation"]
+            blocks = validation.with_format("torch", dtype=torch.int64)
             result = evaluate_perplexity(model.to(state.device), blocks, args.batch_size)
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,7 +5,9 @@
 
 Both maps are cached by datasets' fingerprint, so a second run of the same config reads the cache and tokenizes
 nothing. The fingerprint covers the data, the tokenizer and the settings, not this file's code: after changing the
-map functions, set overwrite_cache. With `streaming` the same two functions run lazily on an IterableDataset.
+map functions, set overwrite_cache. With `streaming` the same two functions run lazily on an IterableDataset; for
+training, each process packs its own documents into a BlockStream (recipe.stream). Corpora too large to map in one
+go are prepared once into shards by recipe.prepared, which reuses the loading and the two map functions here.
 GPT-2's BPE is encoded by tiktoken (identical ids, ~10x faster than transformers' tokenizer), and batches stay in
 Arrow and numpy: memory holds one batch of documents, never the corpus.
 """
@@ -20,10 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value, load_dataset
+from datasets.distributed import split_dataset_by_node
 from transformers import PreTrainedTokenizerBase
 
 from .checkpoints import atomic_directory
 from .errors import DataError
+from .stream import BlockStream
 from .tokenization import gpt2_encoding, is_gpt2_bpe, load_tokenizer, train_bpe_tokenizer
 
 if TYPE_CHECKING:  # the settings are passed in; the pipeline does not depend on how they were parsed
@@ -130,7 +134,9 @@ def _load_files(patterns: list[str], key: str, streaming: bool) -> Dataset | Ite
 def _load_hub_dataset(data_args: "DataArguments") -> dict[str, Dataset | IterableDataset]:
     name = data_args.dataset_name
     try:
-        splits = load_dataset(name, data_args.dataset_config_name, streaming=data_args.streaming)
+        # Downloaded (and converted to Arrow) by preprocessing_num_workers processes, unless streamed.
+        num_proc = None if data_args.streaming else data_args.preprocessing_num_workers
+        splits = load_dataset(name, data_args.dataset_config_name, streaming=data_args.streaming, num_proc=num_proc)
     except ConnectionError:
         raise DataError(
             f"dataset_name={name!r} needs the Hugging Face Hub, which cannot be reached here (offline or "
@@ -345,9 +351,24 @@ def prepare_datasets(data_args: "DataArguments", tokenizer: PreTrainedTokenizerB
     return group_into_blocks(tokenize_documents(documents, tokenizer, data_args), data_args)
 
 
+def stream_datasets(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase, process_index: int,
+                    num_processes: int) -> dict:
+    """For `streaming`: `train`, this process's BlockStream over its own documents (split_dataset_by_node, so no
+    process reads or tokenizes another's documents and none dispatches batches to the others), and `validation`,
+    the held-out blocks as prepare_datasets streams them."""
+    documents = load_documents(data_args)
+    own_documents = split_dataset_by_node(documents["train"], rank=process_index, world_size=num_processes)
+    tokenized = tokenize_documents(IterableDatasetDict({"train": own_documents}), tokenizer, data_args)["train"]
+    validation = group_into_blocks(tokenize_documents(documents, tokenizer, data_args), data_args)["validation"]
+    train = BlockStream(tokenized, data_args.block_size, data_args.max_train_samples)
+    return {"train": train, "validation": validation}
+
+
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Trainer's data collator: blocks -> `input_ids` (B, T) and `labels`, the same ids (the model shifts them)."""
-    input_ids = torch.stack([torch.as_tensor(example["input_ids"]) for example in examples]).long()  # (B, T)
+    """Trainer's data collator: blocks (lists, or numpy arrays of any integer type, such as prepared uint16 ids) ->
+    `input_ids` (B, T) int64 and `labels`, the same ids (the model shifts them)."""
+    input_ids = np.stack([np.asarray(example["input_ids"]) for example in examples]).astype(np.int64)  # (B, T)
+    input_ids = torch.from_numpy(input_ids)
     return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 

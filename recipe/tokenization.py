@@ -5,6 +5,7 @@ documents, so the data pipeline uses it whenever a tokenizer turns out to be GPT
 """
 
 import functools
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,6 +90,15 @@ def is_gpt2_bpe(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether `tokenizer` gives exactly GPT-2's ids: the same vocab, merges, pre-tokenization and special token as
     the bundled files, whatever it is called or wherever it was loaded from."""
     return _id_defining_parts(tokenizer) == _gpt2_id_defining_parts()
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short name for the ids a tokenizer gives: "gpt2" for GPT-2's BPE (from anywhere), else a hash of what
+    decides its ids (its vocabulary alone when it has no `tokenizers` backend)."""
+    if is_gpt2_bpe(tokenizer):
+        return "gpt2"
+    parts = _id_defining_parts(tokenizer) or {"vocab": tokenizer.get_vocab()}
+    return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train_bpe_tokenizer(text_batches: Iterable[list[str]], vocab_size: int) -> PreTrainedTokenizerBase:

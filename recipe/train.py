@@ -56,7 +56,8 @@ def train(settings: Settings):
     """Build everything from the checked settings and train; returns the GPTTrainer."""
     from recipe.callbacks import HellaSwagCallback, PreemptionCallback, SampleCallback
     from recipe.hub import push_run
-    from recipe.pipeline import collate_blocks, load_or_train_tokenizer, prepare_datasets
+    from recipe.pipeline import collate_blocks, load_or_train_tokenizer, prepare_datasets, stream_datasets
+    from recipe.prepared import open_prepared, prepared_fingerprint
     from recipe.scoring import read_hellaswag
     from recipe.trainer import GPTTrainer
 
@@ -76,8 +77,15 @@ def train(settings: Settings):
             print(f"resuming from {checkpoint}")
     hellaswag = read_hellaswag(training.hellaswag_file, training.hellaswag_limit) if training.hellaswag_steps else None
 
-    with training.main_process_first(desc="dataset preparation"):
-        datasets = prepare_datasets(settings.data, tokenizer)
+    data, data_fingerprint = settings.data, None
+    if data.prepared_dir is not None:  # tokenized once by recipe.data; every process reads its own blocks
+        datasets = open_prepared(data, tokenizer)
+        data_fingerprint = prepared_fingerprint(data.prepared_dir)
+    elif data.streaming:  # every process streams and tokenizes its own documents
+        datasets = stream_datasets(data, tokenizer, training.process_index, training.world_size)
+    else:
+        with training.main_process_first(desc="dataset preparation"):
+            datasets = prepare_datasets(data, tokenizer)
 
     # The finished run is pushed by recipe.hub (one commit, the recipe's card, no pickles), not by Trainer.
     push_repo = (training.hub_model_id or Path(training.output_dir).resolve().name) if training.push_to_hub else None
@@ -96,6 +104,7 @@ def train(settings: Settings):
         ],
         nonfinite_loss=training.nonfinite_loss,
         peak_tflops=training.peak_tflops,
+        data_fingerprint=data_fingerprint,
     )
     if hellaswag is not None:
         trainer.add_callback(HellaSwagCallback(trainer, hellaswag, training.hellaswag_steps))

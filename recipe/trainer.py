@@ -7,27 +7,46 @@
 - throughput (tokens/s), MFU, ETA and perplexity in the logs;
 - checkpoints written under a staging name and renamed into place (recipe.checkpoints), so `checkpoint-N` is
   always complete; the run's card and loss plot at the end (recipe.card);
-- tokens counted on the host (fixed-size blocks), without the per-micro-batch device sync Trainer uses.
+- tokens counted on the host (fixed-size blocks), without the per-micro-batch device sync Trainer uses;
+- data that resumes where it stopped: each checkpoint records the fingerprint of the prepared data (checked on
+  resume) or, when streaming, every process's stream position (restored on resume instead of replaying the stream).
 """
 
+import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import torch
+from accelerate.data_loader import prepare_data_loader
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from .callbacks import PreemptionCallback
 from .card import write_model_card
-from .checkpoints import PLOT_FILE, publish_checkpoint, rotate, staging_dir
+from .checkpoints import (
+    PLOT_FILE,
+    TRAIN_DATA_FILE,
+    checkpoint_name,
+    publish_checkpoint,
+    rotate,
+    staging_dir,
+    stream_position_file,
+)
 from .curves import plot_runs
-from .errors import TrainingStopped
+from .errors import DataError, TrainingStopped
 from .flops import model_flops_per_token, peak_flops
+from .stream import BlockStream
 
 
 class GPTTrainer(Trainer):
-    def __init__(self, *args, nonfinite_loss: str = "stop", peak_tflops: float | None = None, **kwargs):
+    def __init__(self, *args, nonfinite_loss: str = "stop", peak_tflops: float | None = None,
+                 data_fingerprint: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.data_fingerprint = data_fingerprint  # of the prepared data trained on; None for other data
+        if isinstance(self.train_dataset, BlockStream):
+            self.args.ignore_data_skip = True  # a stream resumes from its recorded position, never by re-reading
         self.preemption = next(
             (callback for callback in self.callback_handler.callbacks if isinstance(callback, PreemptionCallback)), None
         )
@@ -47,6 +66,8 @@ class GPTTrainer(Trainer):
         return [name for name, parameter in model.named_parameters() if parameter.dim() >= 2]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if isinstance(self.train_dataset, BlockStream):
+            self.train_dataset.mark_consumed(len(inputs["input_ids"]))
         loss = super().training_step(model, inputs, num_items_in_batch)
         finite = torch.isfinite(loss)
         self._step_is_finite = finite if self._step_is_finite is None else self._step_is_finite & finite
@@ -153,6 +174,7 @@ class GPTTrainer(Trainer):
         self._staging_output_dir = str(staging)
         try:
             super()._save_checkpoint(model, trial)
+            self._save_data_position(staging / checkpoint_name(self.state.global_step))
         finally:
             self._staging_output_dir = None
         self.accelerator.wait_for_everyone()
@@ -162,3 +184,56 @@ class GPTTrainer(Trainer):
                 self.state.best_model_checkpoint = str(final)
             rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
+
+    # -- data: every process reads its own, and a resume reads on from where the checkpoint stopped -----------------
+
+    def get_train_dataloader(self):
+        if not isinstance(self.train_dataset, BlockStream):
+            return super().get_train_dataloader()  # map-style: Trainer's seeded sampler, sharded by accelerate
+        # The stream is this process's own part already (split_dataset_by_node). Given to accelerator.prepare, it
+        # would be read by rank 0 and dispatched (accelerate's default for an IterableDataset) or, with dispatching
+        # off, split a second time (every process keeping a slice of its own part). So it is prepared as the loader
+        # of one process, read here without workers: the stream's positions are this process's to record.
+        loader = DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                            pin_memory=self.args.dataloader_pin_memory)
+        return prepare_data_loader(loader, self.args.device, num_processes=1, process_index=0, put_on_device=True,
+                                   dispatch_batches=False)
+
+    def _save_data_position(self, checkpoint: Path) -> None:
+        """Beside the weights: the prepared data's fingerprint (main process) and each process's stream position."""
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.train_dataset, BlockStream):
+            position = {"process": self.args.process_index, "processes": self.args.world_size,
+                        **self.train_dataset.position()}
+            (checkpoint / stream_position_file(self.args.process_index)).write_text(json.dumps(position) + "\n")
+        if self.data_fingerprint is not None and self.args.should_save:
+            (checkpoint / TRAIN_DATA_FILE).write_text(json.dumps({"fingerprint": self.data_fingerprint}) + "\n")
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is not None:
+            self._restore_data_position(Path(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _restore_data_position(self, checkpoint: Path) -> None:
+        """Refuse to resume on other data than the checkpoint's; put each process's stream where it stood."""
+        recorded_file = checkpoint / TRAIN_DATA_FILE
+        recorded = json.loads(recorded_file.read_text())["fingerprint"] if recorded_file.is_file() else None
+        if recorded != self.data_fingerprint:
+            def describe(fingerprint):
+                return f"the prepared data {fingerprint}" if fingerprint else "data that was not prepared"
+            raise DataError(
+                f"{checkpoint} was trained on {describe(recorded)}, but prepared_dir now gives "
+                f"{describe(self.data_fingerprint)}: resume on the data it was trained on, or set overwrite_output_dir "
+                f"to start over"
+            )
+        if isinstance(self.train_dataset, BlockStream):
+            rank, processes = self.args.process_index, self.args.world_size
+            path = checkpoint / stream_position_file(rank)
+            position = json.loads(path.read_text()) if path.is_file() else {}
+            if position.get("processes") != processes:
+                saved_by = f"{position['processes']} processes" if position else "a run that did not stream this way"
+                raise DataError(
+                    f"{checkpoint} holds the stream positions of {saved_by}, and this launch has {processes}: resume "
+                    f"with as many processes as it was saved by (each process streams its own documents)"
+                )
+            self.train_dataset.load_position(position)

@@ -22,6 +22,20 @@ from recipe.trainer import GPTTrainer
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).parent / "scripts"
 PLAYS = ["hamlet_gut.txt", "macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.txt"]
+SHAKESPEARE = REPO_ROOT / "data" / "shakespeare"
+
+
+def scene_texts(count: int = 120) -> list[str]:
+    """Documents of 1 to 97 lines cut from the plays: more documents than one map batch, some far shorter and
+    some longer than a block. One spells GPT-2's separator inside its text."""
+    lines = [line for play in sorted(SHAKESPEARE.glob("h*.txt")) for line in play.read_text().splitlines(True)]
+    documents, start = [], 0
+    for index in range(count):
+        length = 1 + index * 37 % 97
+        documents.append("".join(lines[start : start + length]))
+        start += length
+    documents[7] = "A play within the play <|endoftext|> is only text here.\n" + documents[7]
+    return documents
 
 
 def tiny_gpt2_config(**overrides) -> GPT2Config:
@@ -139,3 +153,26 @@ def load_in_fresh_python(checkpoint: Path, prompt: str) -> dict:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def launch(script: str, dump_dir, config, processes: int = 1) -> None:
+    """Run scripts/SCRIPT DUMP_DIR CONFIG in a fresh Python, or in 2 processes (accelerate_configs/cpu_ddp.yaml)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(SCRIPTS / script), str(dump_dir), str(config)]
+    if processes > 1:
+        command[1:1] = ["-m", "accelerate.commands.launch", "--config_file",
+                        str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml")]
+    result = subprocess.run(command, env=environment, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def recorded(dump_dir, rank: int) -> dict:
+    """What scripts/train_and_record.py recorded of one process."""
+    return json.loads((dump_dir / f"rank{rank}.json").read_text())
+
+
+def one_error_line(err: str) -> str:
+    """The one `error: ...` line of a command's stderr (there must be exactly one, and no traceback)."""
+    lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -32,8 +32,12 @@ def test_the_three_pipelines_tokenize_the_same_corpus(tmp_path, monkeypatch):
     recipe_tokens = bench.run_recipe(corpus, 1, tmp_path)
     tiktoken_tokens = bench.run_tiktoken(corpus, 1, tmp_path)
     run_clm_tokens = bench.run_run_clm(corpus, 1, tmp_path)
-    assert recipe_tokens == tiktoken_tokens  # the same ids, one separator per document in both
+    prepared_tokens = bench.run_prepared(corpus, 2, tmp_path)
+    assert recipe_tokens == tiktoken_tokens == prepared_tokens  # the same ids, one separator per document
     assert run_clm_tokens == tiktoken_tokens - len(shortest)  # run_clm.py appends no separator
+
+    reads = bench.read_rates(corpus, tmp_path / "reads", passes=1)  # both readers run on the same blocks
+    assert set(reads) == {"prepared", "raw"} and min(reads.values()) > 0
 
 
 def test_results_record_both_ratios():

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 import torch
-from helpers import REPO_ROOT
+from helpers import SHAKESPEARE, scene_texts
 from datasets import IterableDataset
 
 import recipe.pipeline
@@ -27,8 +27,6 @@ from recipe.pipeline import (
 )
 from recipe.tokenization import GPT2_EOT_ID, is_gpt2_bpe, load_tokenizer, train_bpe_tokenizer
 
-SHAKESPEARE = REPO_ROOT / "data" / "shakespeare"
-SCENE_COUNT = 120
 VALIDATION_DOCUMENTS = 40
 
 
@@ -38,19 +36,6 @@ def datasets_cache(tmp_path, monkeypatch):
     cache = tmp_path / "datasets-cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     return cache
-
-
-def scene_texts() -> list[str]:
-    """Documents of 1 to 97 lines cut from the plays: more documents than one map batch, some far shorter and
-    some longer than a block. One spells GPT-2's separator inside its text."""
-    lines = [line for play in sorted(SHAKESPEARE.glob("h*.txt")) for line in play.read_text().splitlines(True)]
-    documents, start = [], 0
-    for index in range(SCENE_COUNT):
-        length = 1 + index * 37 % 97
-        documents.append("".join(lines[start : start + length]))
-        start += length
-    documents[7] = "A play within the play <|endoftext|> is only text here.\n" + documents[7]
-    return documents
 
 
 @pytest.fixture(scope="module")

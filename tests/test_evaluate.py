@@ -17,6 +17,7 @@ import recipe.scoring as scoring_module
 from helpers import REPO_ROOT
 from recipe import GPTConfig, GPTForCausalLM
 from recipe.convert import from_openai
+from recipe.data import main as data_main
 from recipe.errors import DataError
 from recipe.evaluate import main
 from recipe.scoring import evaluate_perplexity, hellaswag_losses, read_hellaswag, score_hellaswag
@@ -202,6 +203,13 @@ def test_perplexity_cli_evaluates_the_validation_split_of_the_config(recipe_chec
     assert result == {"task": "perplexity", **evaluate_perplexity(model, blocks, batch_size=2)}
     assert result["n"] == 6
     assert json.loads((recipe_checkpoint / "eval_perplexity.json").read_text()) == result
+
+    # The same split prepared into uint16 blocks (recipe.prepared): the same blocks, the same result.
+    config.write_text(json.dumps({**settings, "prepared_dir": str(tmp_path / "prepared")}))
+    assert data_main([str(config)]) == 0
+    capsys.readouterr()
+    assert main([str(recipe_checkpoint), "--task", "perplexity", "--config", str(config), "--batch_size", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result
 
     assert main([str(recipe_checkpoint), "--task", "perplexity"]) == 2
     assert "needs --config" in capsys.readouterr().err
