@@ -187,6 +187,11 @@ class RecipeTrainingArguments(TrainingArguments):
     eval_strategy: str = field(default="steps", metadata={"help": "no | steps | epoch"})
     eval_steps: float | None = field(default=250, metadata={"help": "Evaluate every N optimizer steps."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "Dataloader worker processes."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Every parameter of the GPT gets a gradient at every step, so DDP need not search the "
+                          "autograd graph for unused ones after each backward (Trainer's default would)."},
+    )
 
     tokens_per_step: int | None = field(
         default=None,

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recipe.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="recipe checkpoint, OpenAI GPT-2 Hub id (gpt2, ...) or to-openai export")
     parser.add_argument("--prompt", required=True, help='the text to continue ("" samples unconditionally)')
-    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=None,
+                        help="new tokens to generate (default: 64, or as many as fit in the model's context)")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 means greedy decoding")
     parser.add_argument("--top_k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--top_p", type=float, default=1.0, help="sample within this probability mass, in (0, 1]")

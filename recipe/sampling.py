@@ -1,6 +1,7 @@
 """Sampling text from a GPT with transformers' `generate()`: greedy, or temperature / top-k / top-p sampling.
 
-A prompt that does not leave room for `max_new_tokens` in the model's context is refused, never silently cut.
+A prompt that does not leave room for the `max_new_tokens` asked for in the model's context is refused, never
+silently cut; without a number, as many as fit, up to DEFAULT_NEW_TOKENS.
 """
 
 import torch
@@ -10,7 +11,10 @@ from .errors import ConfigError
 from .modeling_gpt import GPTForCausalLM
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens: int,
+DEFAULT_NEW_TOKENS = 64
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens: int | None,
                    num_return_sequences: int) -> None:
     """Refuse, by flag and value, settings that generate() would reject late or misread."""
     if not temperature >= 0:
@@ -19,7 +23,7 @@ def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens:
         raise ConfigError(f"--top_k={top_k} must be >= 0 (0 means no top-k filtering)")
     if not 0 < top_p <= 1:
         raise ConfigError(f"--top_p={top_p} must be in (0, 1] (1 means no nucleus filtering)")
-    if max_new_tokens < 1:
+    if max_new_tokens is not None and max_new_tokens < 1:
         raise ConfigError(f"--max_new_tokens={max_new_tokens} must be at least 1")
     if num_return_sequences < 1:
         raise ConfigError(f"--num_return_sequences={num_return_sequences} must be at least 1")
@@ -35,7 +39,7 @@ def generate_text(
     model: GPTForCausalLM,
     tokenizer: PreTrainedTokenizerBase,
     prompt: str,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     temperature: float = 1.0,
     top_k: int = 50,
     top_p: float = 1.0,
@@ -59,6 +63,8 @@ def generate_text(
             f"the prompt is {len(prompt_ids)} tokens, which fills the model's context of {context} tokens: "
             f"shorten it (prompts are never truncated)"
         )
+    if max_new_tokens is None:
+        max_new_tokens = min(DEFAULT_NEW_TOKENS, context - len(prompt_ids))
     if len(prompt_ids) + max_new_tokens > context:
         raise ConfigError(
             f"the prompt is {len(prompt_ids)} tokens and --max_new_tokens={max_new_tokens}, but the model's context "

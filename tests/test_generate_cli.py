@@ -99,3 +99,14 @@ def test_an_empty_prompt_samples_from_end_of_text(checkpoints):
     (text,) = generate_text(model, tokenizer, "", max_new_tokens=6, temperature=0)
     expected = model.generate(torch.tensor([[50256]]), max_new_tokens=6, do_sample=False, pad_token_id=50256)
     assert text == tokenizer.decode(expected[0], skip_special_tokens=True)
+
+
+def test_without_max_new_tokens_as_many_as_fit_are_generated(checkpoints):
+    """The model's context is 64 tokens: a 60-token prompt leaves room for 4, which is what it gets by default."""
+    model, tokenizer = load_model_and_tokenizer(checkpoints["recipe"])
+    prompt = " ".join(["hello"] * 60)
+    (text,) = generate_text(model, tokenizer, prompt, temperature=0)
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    expected = model.generate(torch.tensor([prompt_ids]), max_new_tokens=64 - len(prompt_ids), do_sample=False,
+                              pad_token_id=50256)
+    assert text == tokenizer.decode(expected[0], skip_special_tokens=True)
