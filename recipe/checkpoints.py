@@ -162,7 +162,8 @@ def resume_checkpoint(run_dir: str | Path, overwrite: bool, is_writer: bool) -> 
     return last
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (memory stays flat for files of any size)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -174,7 +175,7 @@ def write_checksums(directory: str | Path) -> None:
     """Record the SHA-256 of every file under `directory`, so a later read can tell a damaged file by name."""
     directory = Path(directory)
     files = sorted(path for path in directory.rglob("*") if path.is_file() and path.name != CHECKSUMS_FILE)
-    lines = [f"{_sha256(path)}  {path.relative_to(directory).as_posix()}\n" for path in files]
+    lines = [f"{file_sha256(path)}  {path.relative_to(directory).as_posix()}\n" for path in files]
     (directory / CHECKSUMS_FILE).write_text("".join(lines))
 
 
@@ -189,7 +190,7 @@ def verify_checksums(directory: str | Path) -> None:
         path = directory / name
         if not path.is_file():
             raise CheckpointError(f"{path} is missing from the checkpoint")
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise CheckpointError(f"{path} is corrupt or truncated: its SHA-256 differs from {listing}")
 
 

@@ -38,6 +38,7 @@ from datasets import Dataset, DatasetDict, DatasetInfo, Features, List, Value, l
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .checkpoints import file_sha256
 from .errors import DataError
 from .pipeline import DOCUMENTS_PER_BATCH, GroupIntoBlocks, TokenizeDocuments, load_documents
 from .tokenization import tokenizer_fingerprint
@@ -132,14 +133,6 @@ def _fingerprint(manifest: dict) -> str:
     shards = {split: [shard["sha256"] for shard in manifest["splits"][split]["shards"]] for split in SPLITS}
     content = {"identity": manifest["identity"], "shards": shards}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -270,7 +263,7 @@ class ShardWriter:
                     flush(stream)
                 report(batch_tokens)
             flush(stream)
-        digest = _sha256(partial)
+        digest = file_sha256(partial)
         os.replace(partial, path)
         return {"tokens": tokens, "blocks": blocks, "bytes": path.stat().st_size, "sha256": digest}
 
@@ -341,7 +334,7 @@ def _check_shard(directory: Path, split: str, shard: dict, verify_content: bool)
         return False
     size = path.stat().st_size
     damage = f"is {size:,} bytes, not the {shard['bytes']:,} recorded" if size != shard["bytes"] else None
-    if damage is None and verify_content and _sha256(path) != shard["sha256"]:
+    if damage is None and verify_content and file_sha256(path) != shard["sha256"]:
         damage = "differs from the SHA-256 recorded"
     if damage:
         raise DataError(f"{path} {damage} in {directory / MANIFEST_FILE}: it is damaged. Delete it and run "

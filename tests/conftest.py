@@ -1,5 +1,6 @@
 """Shared fixtures. The Hub is unreachable in CI: everything here is built locally."""
 
+import json
 import os
 
 # Set before transformers / datasets are imported anywhere, so a stray Hub lookup fails at once instead of in 50 s.
@@ -14,7 +15,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import GPT2LMHeadModel  # noqa: E402
 
-from helpers import tiny_gpt2_config  # noqa: E402
+import datasets  # noqa: E402
+
+from helpers import scene_texts, tiny_gpt2_config  # noqa: E402
 from recipe.tokenization import gpt2_tokenizer  # noqa: E402
 
 
@@ -26,3 +29,19 @@ def openai_gpt2_dir(tmp_path_factory) -> Path:
     GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(directory)
     gpt2_tokenizer().save_pretrained(directory)
     return directory
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh datasets cache for one test: nothing it reads was cached by another (the data tests use it)."""
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory) -> Path:
+    """120 scene documents (helpers.scene_texts), one json row each: ~60k GPT-2 tokens."""
+    path = tmp_path_factory.mktemp("scenes") / "scenes.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in scene_texts()))
+    return path

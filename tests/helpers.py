@@ -25,6 +25,18 @@ PLAYS = ["hamlet_gut.txt", "macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.tx
 SHAKESPEARE = REPO_ROOT / "data" / "shakespeare"
 
 
+VALIDATION_DOCUMENTS = 40  # of the 120 scenes, held out for validation by the data tests
+
+
+def joined_ids(documents: list[str], tokenizer) -> list[int]:
+    """The documents tokenized one by one with transformers, one eos after each, joined."""
+    ids = []
+    for document in documents:
+        ids += tokenizer(document, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
 def scene_texts(count: int = 120) -> list[str]:
     """Documents of 1 to 97 lines cut from the plays: more documents than one map batch, some far shorter and
     some longer than a block. One spells GPT-2's separator inside its text."""

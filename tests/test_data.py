@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import tiktoken
 import torch
-from helpers import SHAKESPEARE, scene_texts
+from helpers import SHAKESPEARE, VALIDATION_DOCUMENTS, joined_ids, scene_texts
 from datasets import IterableDataset
 
 import recipe.pipeline
@@ -27,23 +27,7 @@ from recipe.pipeline import (
 )
 from recipe.tokenization import GPT2_EOT_ID, is_gpt2_bpe, load_tokenizer, train_bpe_tokenizer
 
-VALIDATION_DOCUMENTS = 40
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    """A fresh datasets cache for every test: no test reads what another one cached."""
-    cache = tmp_path / "datasets-cache"
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
-    return cache
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    """The scene documents as a jsonl file (one row = one document)."""
-    path = tmp_path_factory.mktemp("scenes") / "scenes.jsonl"
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in scene_texts()))
-    return path
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # a fresh datasets cache for every test
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +39,6 @@ def trained_tokenizer():
 def scene_args(scenes, **overrides) -> DataArguments:
     settings = dict(train_files=[str(scenes)], validation_documents=VALIDATION_DOCUMENTS, block_size=64)
     return DataArguments(**{**settings, **overrides})
-
-
-def joined_ids(documents: list[str], tokenizer) -> list[int]:
-    """The documents tokenized one by one with transformers, one eos after each, joined."""
-    ids = []
-    for document in documents:
-        ids += tokenizer(document, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 @pytest.mark.parametrize("block_size", [64, 10_000])  # 10,000 > the tokens of a batch: batches that end no block

@@ -18,7 +18,10 @@ import torch
 from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, SCRIPTS, SHAKESPEARE, launch, one_error_line, recorded, scene_texts, tiny_config
+from helpers import (
+    REPO_ROOT, SCRIPTS, SHAKESPEARE, VALIDATION_DOCUMENTS, joined_ids, launch, one_error_line, recorded, scene_texts,
+    tiny_config,
+)
 from recipe.args import DataArguments
 from recipe.data import main as data_main
 from recipe.errors import DataError
@@ -27,36 +30,13 @@ from recipe.prepared import MANIFEST_FILE, PARTIAL_SUFFIX, ShardWriter, open_pre
 from recipe.tokenization import load_tokenizer, train_bpe_tokenizer
 from recipe.train import main as train_main
 
-VALIDATION_DOCUMENTS = 40
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    """A fresh datasets cache for every test: no test reads what another one cached."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    """120 scene documents, one a json row each: ~60k GPT-2 tokens."""
-    path = tmp_path_factory.mktemp("scenes") / "scenes.jsonl"
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in scene_texts()))
-    return path
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # a fresh datasets cache for every test
 
 
 def scene_args(scenes, prepared_dir, **overrides) -> DataArguments:
     settings = dict(train_files=[str(scenes)], validation_documents=VALIDATION_DOCUMENTS, block_size=64,
                     prepared_dir=str(prepared_dir))
     return DataArguments(**{**settings, **overrides})
-
-
-def joined_ids(documents: list[str], tokenizer) -> list[int]:
-    """The documents tokenized one by one with transformers, one eos after each, joined."""
-    ids = []
-    for document in documents:
-        ids += tokenizer(document, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 def split_documents(split: str) -> list[str]:

@@ -5,29 +5,18 @@ import json
 import shutil
 from dataclasses import replace
 
-import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import launch, one_error_line, recorded, scene_texts, tiny_config
+from helpers import launch, one_error_line, recorded, tiny_config
 from recipe.args import DataArguments, parse_settings
 from recipe.errors import ConfigError
 from recipe.pipeline import prepare_datasets, stream_datasets
 from recipe.tokenization import GPT2_EOT_ID, gpt2_encoding, load_tokenizer
 from recipe.train import main as train_main
 
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    path = tmp_path_factory.mktemp("scenes") / "scenes.jsonl"
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in scene_texts()))
-    return path
+pytestmark = pytest.mark.usefixtures("datasets_cache")  # a fresh datasets cache for every test
 
 
 def stream_args(scenes, **overrides) -> DataArguments:
