@@ -3,7 +3,7 @@
 The architecture is exactly OpenAI's GPT-2 (Radford et al. 2019): learned token and position embeddings,
 pre-LayerNorm blocks of causal self-attention and a 4x GELU(tanh) MLP, a final LayerNorm, and an LM head tied
 to the token embedding. Parameter names are GPT-2's (`wte`, `wpe`, `h`, `c_attn`, `c_proj`, `ln_f`) so that
-OpenAI's weights map over by name, with nn.Linear in place of GPT-2's transposed Conv1D.
+OpenAI's weights map over by name, with nn.Linear (our `Linear`) in place of GPT-2's transposed Conv1D.
 
 This file is copied into every checkpoint (remote code): it imports only torch, transformers and, relatively,
 the configuration file.
@@ -28,6 +28,46 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_gpt import GPTConfig
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict, same training path) that multiplies a few rows faster on a
+    multi-core CPU, which is what decoding does: one row per sequence and token.
+
+    For a few rows, MKL's GEMM runs on one core (torch 2.13: a 1 x 768 by 768 x 2304 product takes as long on 1
+    thread as on 2), so one core streams each weight from memory. Splitting the output features into one group per
+    thread and multiplying the groups in one batched matmul puts every core to work: greedy decoding of the 124M
+    model went from 0.92x to 1.44x GPT2LMHeadModel on 2 cores (benchmarks/RESULTS.md). Training (autograd on),
+    GPUs, compiled graphs and weights that are not plain tensors (quantized) keep nn.Linear's own path.
+    """
+
+    max_split_rows = 64  # beyond this GEMM threads well on its own
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self._split_pays(input):
+            return super().forward(input)
+        groups = torch.get_num_threads()
+        even = self.out_features - self.out_features % groups  # output features shared out evenly
+        rows = input.reshape(-1, self.in_features)  # (M, C_in)
+        weight = self.weight[:even].view(groups, -1, self.in_features).transpose(1, 2)  # (g, C_in, even/g)
+        output = torch.bmm(rows.expand(groups, -1, -1), weight)  # (g, M, even/g)
+        output = output.transpose(0, 1).reshape(len(rows), even)  # (M, g, even/g) -> (M, even): groups side by side
+        if even < self.out_features:  # fewer rows than threads left over, e.g. the last of 50,257 on 2 threads
+            output = torch.cat([output, rows @ self.weight[even:].t()], dim=1)
+        if self.bias is not None:
+            output.add_(self.bias)
+        return output.view(*input.shape[:-1], self.out_features)
+
+    def _split_pays(self, input: torch.Tensor) -> bool:
+        return (
+            not torch.compiler.is_compiling()  # first: the compiler makes its own kernels (and cannot trace the rest)
+            and input.device.type == "cpu"
+            and 1 < torch.get_num_threads() <= self.out_features
+            and input.numel() <= self.max_split_rows * self.in_features
+            and not torch.is_grad_enabled()
+            and type(self.weight.data) is torch.Tensor
+            and self.weight.is_contiguous()
+        )
+
+
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Attention written out, for reference and for `output_attentions`. q, k, v: (B, nh, T, hs)."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, nh, T, T_kv)
@@ -48,8 +88,8 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = Linear(config.n_embd, config.n_embd)
         self.c_proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
@@ -87,8 +127,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
         self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.resid_pdrop)
 
@@ -218,7 +258,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         self.transformer = GPTModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.post_init()
 
     @can_return_tuple

@@ -4,9 +4,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from recipe import GPTConfig, GPTForCausalLM, GPTModel
+from recipe.modeling_gpt import Linear
 from helpers import twin_models
 
 
@@ -102,11 +104,33 @@ def test_vocab_padding_does_not_change_results_for_real_tokens():
     padded, _ = twin_models(seed=3, make_vocab_size_divisible_by=64)
     assert padded.transformer.wte.weight.shape[0] == 50304
     input_ids = torch.randint(0, 50257, (2, 16))
-    with torch.no_grad():
-        plain_out, padded_out = plain(input_ids, labels=input_ids), padded(input_ids, labels=input_ids)
+    # autograd on, as in training: the same matmul kernels for both, so the results must be bit-equal
+    plain_out, padded_out = plain(input_ids, labels=input_ids), padded(input_ids, labels=input_ids)
     assert padded_out.logits.shape[-1] == 50257
     assert torch.equal(plain_out.logits, padded_out.logits)
     assert torch.equal(plain_out.loss, padded_out.loss)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_linear_shares_few_rows_out_over_the_threads_with_nn_linears_result(threads):
+    """Decoding on a CPU multiplies a row or a few by each weight; Linear then splits the output features over the
+    threads (an uneven count leaves a few for a plain matmul). Training and many rows keep nn.Linear's own path."""
+    torch.manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for out_features, bias in [(96, True), (97, False)]:
+            layer = Linear(32, out_features, bias=bias)
+            for shape in [(32,), (1, 1, 32), (3, 5, 32)]:
+                x = torch.randn(shape)
+                with torch.no_grad():
+                    assert layer._split_pays(x)
+                    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+            assert not layer._split_pays(x)  # autograd on: nn.Linear, bit for bit what training has always done
+            with torch.no_grad():
+                assert not layer._split_pays(torch.randn(65, 32))
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_input_longer_than_context_names_both_lengths():
