@@ -35,7 +35,7 @@ class Linear(nn.Linear):
     For a few rows, MKL's GEMM runs on one core (torch 2.13: a 1 x 768 by 768 x 2304 product takes as long on 1
     thread as on 2), so one core streams each weight from memory. Splitting the output features into one group per
     thread and multiplying the groups in one batched matmul puts every core to work: greedy decoding of the 124M
-    model went from 0.92x to 1.44x GPT2LMHeadModel on 2 cores (benchmarks/RESULTS.md). Training (autograd on),
+    model went from 0.91x to 1.44x GPT2LMHeadModel on 2 cores (benchmarks/RESULTS.md). Training (autograd on),
     GPUs, compiled graphs and weights that are not plain tensors (quantized) keep nn.Linear's own path.
     """
 
