@@ -188,3 +188,13 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def damage_file(path: Path, how: str) -> None:
+    """Damage a file as disks and interrupted copies do: "truncate" cuts it in half, anything else flips one byte."""
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))

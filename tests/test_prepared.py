@@ -19,8 +19,8 @@ from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file
 
 from helpers import (
-    REPO_ROOT, SCRIPTS, SHAKESPEARE, VALIDATION_DOCUMENTS, joined_ids, launch, one_error_line, recorded, scene_texts,
-    tiny_config,
+    REPO_ROOT, SCRIPTS, SHAKESPEARE, VALIDATION_DOCUMENTS, damage_file, joined_ids, launch, one_error_line, recorded,
+    scene_texts, tiny_config,
 )
 from recipe.args import DataArguments
 from recipe.data import main as data_main
@@ -262,19 +262,15 @@ def test_a_directory_that_is_not_prepared_is_never_written_into(scenes, tmp_path
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_a_damaged_shard_is_named_and_left_as_it_is(prepared_scenes, tmp_path, capsys, damage):
     shard = tmp_path / "prepared" / "train" / "data-00000-of-00001.arrow"
-    data = bytearray(shard.read_bytes())
-    if damage == "truncate":
-        data = data[: len(data) // 2]
-    else:
-        data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    damage_file(shard, damage)
+    data = shard.read_bytes()
     before = modification_times(tmp_path / "prepared")
 
     status, err = run_data(tmp_path, capsys, prepared_scenes)
     assert status == 2
     line = one_error_line(err)
     assert line.startswith(f"error: {shard} ") and "damaged" in line and "Delete it" in line
-    assert modification_times(tmp_path / "prepared") == before and shard.read_bytes() == bytes(data)
+    assert modification_times(tmp_path / "prepared") == before and shard.read_bytes() == data
     if damage == "truncate":  # training checks sizes only (a SHA-256 of 20 GB per launch would cost minutes)
         config = tiny_config(tmp_path, **prepared_scenes, max_steps=2, warmup_steps=1)
         assert train_main([str(config)]) == 2

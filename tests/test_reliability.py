@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, tiny_config
+from helpers import REPO_ROOT, damage_file, tiny_config
 from recipe.train import main
 
 pytestmark = pytest.mark.slow
@@ -168,12 +168,7 @@ def test_a_damaged_checkpoint_file_is_named(tmp_path, damage, victim):
     config = tiny_config(tmp_path, **{**RUN, "max_steps": 3, "warmup_steps": 1})
     assert main([str(config)]) == 0
     damaged = tmp_path / "run" / "checkpoint-3" / victim
-    data = bytearray(damaged.read_bytes())
-    if damage == "truncate":
-        data = data[: len(data) // 2]
-    else:
-        data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    damage_file(damaged, damage)
     assert main([str(config)]) == 2
 
 
