@@ -87,6 +87,13 @@ class DataArguments:
         metadata={"help": "Hold out the first N training documents as validation instead of a percentage (needed "
                           "when streaming without validation_files or a validation split: a stream has no length)."},
     )
+    validation_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Hold out the first N tokens of the training documents' token stream as validation, "
+                          "documents in corpus order with an end-of-text token before each, as build-nanogpt's "
+                          "fineweb.py writes its validation shard (100,000,000 tokens); the documents they come "
+                          "from are not trained on. With max_eval_samples K, evaluation scores the first K blocks."},
+    )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep at most this many training blocks."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many validation blocks."})
@@ -128,11 +135,24 @@ class DataArguments:
             raise ConfigError("set dataset_name (a Hub dataset) or train_files (local files), not both")
         if not 0 <= self.validation_split_percentage < 100:
             raise ConfigError(f"validation_split_percentage={self.validation_split_percentage} must be in [0, 100)")
-        for key in ("block_size", "validation_documents", "max_train_samples", "max_eval_samples",
+        for key in ("block_size", "validation_documents", "validation_tokens", "max_train_samples", "max_eval_samples",
                     "preprocessing_num_workers", "prepared_shard_tokens"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key}={value} must be positive")
+        if self.validation_tokens is not None:
+            for other in ("validation_documents", "validation_files"):
+                if getattr(self, other):
+                    raise ConfigError(f"set validation_tokens or {other} (two hold-outs), not both")
+            if self.streaming:
+                raise ConfigError("validation_tokens needs the documents counted in tokens before training starts, "
+                                  "which a stream cannot do: use validation_documents with streaming=true")
+            if self.train_tokenizer_vocab_size is not None:
+                raise ConfigError("validation_tokens counts tokens of the tokenizer, and train_tokenizer_vocab_size "
+                                  "trains it on the training documents: hold out validation_documents instead")
+            if self.validation_tokens <= self.block_size:
+                raise ConfigError(f"validation_tokens={self.validation_tokens} holds less than one block and the "
+                                  f"token after it (block_size={self.block_size})")
         if self.prepared_dir is not None and self.streaming:
             raise ConfigError("set prepared_dir (tokenize once, then read blocks) or streaming (tokenize while "
                               "training), not both")

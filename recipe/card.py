@@ -14,7 +14,17 @@ from huggingface_hub import ModelCardData, metadata_load
 from safetensors import safe_open
 from transformers.utils import CONFIG_NAME
 
-from .checkpoints import CARD_FILE, PLOT_FILE, RUN_CONFIG_FILE, TRAINER_STATE_FILE, evaluation_file, metrics_file, weight_files
+from .checkpoints import (
+    BASELINE_FILE,
+    CARD_FILE,
+    PLOT_FILE,
+    RUN_CONFIG_FILE,
+    TRAINER_STATE_FILE,
+    evaluation_file,
+    metrics_file,
+    weight_files,
+)
+from .flops import describe_validation
 from .errors import CheckpointError
 
 # Reference figures of OpenAI's GPT-2 124M, as build-nanogpt measured them (hellaswag.py; play.ipynb).
@@ -81,6 +91,8 @@ def _results(run_dir: Path) -> list[tuple[str, str]]:
         rows.append(("validation loss (end of training)", f"{loss:.4f}"))
         perplexity = final_eval.get("eval_perplexity", math.exp(loss))
         rows.append(("validation perplexity (end of training)", f"{perplexity:.2f}"))
+    if "eval_bpb" in final_eval:
+        rows.append(("validation bits per byte (end of training)", f"{final_eval['eval_bpb']:.4f}"))
     if "eval_hellaswag_acc_norm" in final_eval:
         rows.append(("HellaSwag acc_norm (end of training)", f"{final_eval['eval_hellaswag_acc_norm']:.4f}"))
     hellaswag = _read_json(run_dir / evaluation_file("hellaswag"))
@@ -93,6 +105,14 @@ def _results(run_dir: Path) -> list[tuple[str, str]]:
         blocks = f"recipe.evaluate, {validation['n']:,} blocks"
         rows.append((f"validation loss ({blocks})", f"{validation['loss']:.4f}"))
         rows.append((f"validation perplexity ({blocks})", f"{validation['perplexity']:.2f}"))
+        if "bpb" in validation:
+            rows.append((f"validation bits per byte ({blocks})", f"{validation['bpb']:.4f}"))
+    baseline = _read_json(run_dir / BASELINE_FILE)
+    if "bpb" in baseline:
+        on_same_data = f"`{baseline['model']}` on the same validation documents, {baseline['n']:,} blocks"
+        if baseline.get("same_tokenizer"):
+            rows.append((f"baseline: validation loss of {on_same_data}", f"{baseline['loss']:.4f}"))
+        rows.append((f"baseline: validation bits per byte of {on_same_data}", f"{baseline['bpb']:.4f}"))
     return rows
 
 
@@ -106,6 +126,8 @@ def _training(run_dir: Path, run_config: dict, trainer_state: dict) -> list[tupl
         rows.append(("data", f"`{run_config['dataset_name']}`" + (f" (`{config_name}`)" if config_name else "")))
     elif run_config.get("train_files"):
         rows.append(("data", ", ".join(f"`{name}`" for name in run_config["train_files"])))
+    if run_config:
+        rows.append(("validation", describe_validation(run_config)))
     for key, setting in [("block_size", "block size (tokens per sequence)"),
                          ("per_device_train_batch_size", "micro-batch per process"),
                          ("gradient_accumulation_steps", "gradient accumulation steps")]:

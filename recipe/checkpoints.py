@@ -30,6 +30,7 @@ RUN_CONFIG_FILE = "run_config.json"  # the resolved settings, written at the sta
 TRAINER_STATE_FILE = "trainer_state.json"  # Trainer's state: global step, log history
 PLOT_FILE = "loss.png"  # the training curves (recipe.curves)
 CARD_FILE = "README.md"  # the model card (recipe.card)
+BASELINE_FILE = "baseline_perplexity.json"  # another model on the run's validation data (recipe.evaluate)
 # What a checkpoint records of its data, so that a resume reads on from there (recipe.trainer).
 TRAIN_DATA_FILE = "train_data.json"  # the fingerprint of the prepared data the run trains on
 

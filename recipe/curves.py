@@ -1,7 +1,9 @@
-"""Training curves: train and eval loss against tokens seen, with the learning rate and throughput below.
+"""Training curves: train and eval loss against tokens seen, then validation bits per byte (which compares runs
+whatever their tokenizer), the learning rate and throughput.
 
 Everything comes from the Trainer's `trainer_state.json` (its `log_history`); a run still in progress is read
-from its latest checkpoint-N/. Runs that do not all log `num_input_tokens_seen` are plotted against steps.
+from its latest checkpoint-N/. Runs that do not all log `num_input_tokens_seen` are plotted against steps. A run's
+baseline (another model on its validation data, saved by recipe.evaluate) is drawn as a horizontal line.
 """
 
 import json
@@ -12,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, ScalarFormatter
 
-from .checkpoints import TRAINER_STATE_FILE
+from .checkpoints import BASELINE_FILE, TRAINER_STATE_FILE
 from .errors import DataError
 
 # curve -> the log_history keys that hold it, in order of preference. Trainer logs its own running average
@@ -20,6 +22,7 @@ from .errors import DataError
 CURVES = {
     "train loss": ("loss",),
     "eval loss": ("eval_loss",),
+    "eval bits per byte": ("eval_bpb",),
     "learning rate": ("learning_rate",),
     "tokens/s": ("tokens_per_second", "train_tokens_per_second"),
 }
@@ -59,6 +62,12 @@ def curves(log_history: list[dict], x_key: str) -> dict[str, Curve]:
     return plotted
 
 
+def read_baseline(run_dir: str | Path) -> dict | None:
+    """The run's baseline_perplexity.json (recipe.evaluate), or None."""
+    path = Path(run_dir) / BASELINE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _run_labels(run_dirs: list[Path]) -> list[str]:
     names = [path.resolve().name for path in run_dirs]
     return names if len(set(names)) == len(names) else [str(path) for path in run_dirs]
@@ -76,31 +85,47 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path,
     x_key = "num_input_tokens_seen" if logs_tokens else "step"
     plotted = {label: curves(history, x_key) for label, history in zip(_run_labels(run_dirs), histories)}
 
-    figure = Figure(figsize=(9, 10), layout="constrained")
+    baselines = [read_baseline(path) for path in run_dirs]
+    with_bpb = any(run_curves["eval bits per byte"][1] for run_curves in plotted.values())
+    panels = ("loss", "bpb", "lr", "throughput") if with_bpb else ("loss", "lr", "throughput")
+    figure = Figure(figsize=(9, 12 if with_bpb else 10), layout="constrained")
     FigureCanvasAgg(figure)
-    loss_axes, lr_axes, throughput_axes = figure.subplots(3, 1, sharex=True, height_ratios=(2, 1, 1))
-    for index, (label, run_curves) in enumerate(plotted.items()):
+    axes = dict(zip(panels, figure.subplots(len(panels), 1, sharex=True, height_ratios=(2, *[1] * (len(panels) - 1)))))
+    for index, ((label, run_curves), baseline) in enumerate(zip(plotted.items(), baselines)):
         color = f"C{index}"
-        loss_axes.plot(*run_curves["train loss"], color=color, linewidth=1, label=f"{label} train")
-        loss_axes.plot(*run_curves["eval loss"], color=color, linestyle="--", marker="o", markersize=3,
-                       label=f"{label} eval")
-        lr_axes.plot(*run_curves["learning rate"], color=color)
-        throughput_axes.plot(*run_curves["tokens/s"], color=color)
+        axes["loss"].plot(*run_curves["train loss"], color=color, linewidth=1, label=f"{label} train")
+        axes["loss"].plot(*run_curves["eval loss"], color=color, linestyle="--", marker="o", markersize=3,
+                          label=f"{label} eval")
+        if with_bpb:
+            axes["bpb"].plot(*run_curves["eval bits per byte"], color=color, marker="o", markersize=3, label=label)
+        axes["lr"].plot(*run_curves["learning rate"], color=color)
+        axes["throughput"].plot(*run_curves["tokens/s"], color=color)
+        if baseline is not None:  # the same validation documents; a loss per token compares only in the same tokens
+            name = f"{baseline['model']} on {label}'s validation"
+            if with_bpb and "bpb" in baseline:
+                axes["bpb"].axhline(baseline["bpb"], color=color, linestyle=":", linewidth=1.5, label=name)
+            if baseline.get("same_tokenizer"):
+                axes["loss"].axhline(baseline["loss"], color=color, linestyle=":", linewidth=1.5, label=name)
+    loss_axes = axes["loss"]
     for loss, label in references:
         loss_axes.axhline(loss, color="gray", linestyle=":", linewidth=1.5, label=label)
     loss_axes.set_yscale("log")  # from ~11 at init down to ~3: the late improvements stay visible
     loss_axes.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers (3, 4, 6, 10), not powers of 10
     loss_axes.yaxis.set_minor_formatter(ScalarFormatter())
-    loss_axes.set_ylabel("loss")
+    loss_axes.set_ylabel("loss (nats per token)")
     loss_axes.legend(fontsize="small")
-    lr_axes.set_ylabel("learning rate")
+    if with_bpb:
+        axes["bpb"].set_ylabel("eval bits per byte")
+        axes["bpb"].legend(fontsize="small")
+    axes["lr"].set_ylabel("learning rate")
+    throughput_axes = axes["throughput"]
     throughput_axes.set_ylabel("tokens/s")
     throughput_axes.yaxis.set_major_formatter(EngFormatter())
     throughput_axes.set_xlabel("tokens seen" if logs_tokens else "optimizer step")
     if logs_tokens:
         throughput_axes.xaxis.set_major_formatter(EngFormatter())  # 500 M, 1 G, 10 G
-    for axes in (loss_axes, lr_axes, throughput_axes):
-        axes.grid(alpha=0.3)
+    for panel in axes.values():
+        panel.grid(alpha=0.3)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120)

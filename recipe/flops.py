@@ -1,5 +1,6 @@
 """The arithmetic of a run's cost: training FLOPs per token, the peak FLOP/s of known GPUs (for MFU), the plan of a
-run, and the one memory decision made for the device: how the training loss is computed."""
+run (with what its evaluations score), and the one memory decision made for the device: how the training loss is
+computed."""
 
 import torch
 
@@ -53,6 +54,38 @@ def choose_loss_chunk_size(requested: int | None, padded_vocab_size: int, tokens
     if logits_bytes <= MAX_LOGITS_MEMORY_SHARE * total:
         return 0, f"automatic on {torch.cuda.get_device_name(device)}: {sizes}"
     return CPU_LOSS_CHUNK_SIZE, f"automatic on {torch.cuda.get_device_name(device)}: {sizes}"
+
+
+# build-nanogpt's validation shard: the first 100M tokens of FineWeb-Edu sample-10BT in GPT-2's BPE, an end-of-text
+# token before each document (fineweb.py); its training loop scores the first 20 x 64 x 1,024 of them
+# (train_gpt2.py: val_loss_steps = 20, B = 64, T = 1024), where OpenAI's GPT-2 124M has a loss of 3.2924.
+BUILD_NANOGPT_VALIDATION = {"dataset_name": "HuggingFaceFW/fineweb-edu", "dataset_config_name": "sample-10BT",
+                            "validation_tokens": 100_000_000, "block_size": 1024}
+BUILD_NANOGPT_EVAL_BLOCKS = 20 * 64
+
+
+def describe_validation(config: dict) -> str:
+    """What a run (its flat settings, as in run_config.json) scores at each evaluation, in one line."""
+    limit = config.get("max_eval_samples")
+    first = f"the first {limit:,} blocks of " if limit else "all blocks of "
+    if config.get("validation_tokens"):
+        held_out = (f"the first {config['validation_tokens']:,} tokens of the training documents (an end-of-text "
+                    f"token before each document; the documents they come from are not trained on)")
+        tokenizer = config.get("tokenizer_name") or "gpt2"
+        gpt2_bpe = tokenizer.split("/")[-1].startswith("gpt2") and not config.get("train_tokenizer_vocab_size")
+        if gpt2_bpe and all(config.get(key) == value for key, value in BUILD_NANOGPT_VALIDATION.items()):
+            held_out += ": build-nanogpt's FineWeb-Edu validation shard"
+            if limit == BUILD_NANOGPT_EVAL_BLOCKS:
+                first = (f"the first {limit:,} blocks (its training loop's 20 x 64 x 1,024 tokens, where OpenAI's GPT-2 "
+                         f"124M scores 3.2924) of ")
+    elif config.get("validation_files"):
+        held_out = "validation_files " + ", ".join(config["validation_files"])
+    elif config.get("validation_documents"):
+        held_out = f"the first {config['validation_documents']:,} training documents"
+    else:
+        held_out = (f"the validation split of {config.get('dataset_name')}, or else the first "
+                    f"{config.get('validation_split_percentage', 5)}% of the training documents")
+    return first + held_out + ", every token after the first predicted once"
 
 
 def run_plan(settings, model) -> dict:

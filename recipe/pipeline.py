@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value, load_dataset
 from datasets.distributed import split_dataset_by_node
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .checkpoints import atomic_directory
@@ -189,7 +190,8 @@ def _check_documents(documents: Dataset | IterableDataset, text_column: str, sou
 
 def load_documents(data_args: "DataArguments") -> DatasetDict | IterableDatasetDict:
     """The raw documents, one row each, split into train and validation (validation_files, the Hub's validation
-    split, or documents held out from the start of train)."""
+    split, or documents held out from the start of train). With validation_tokens, only train: that hold-out is
+    counted in tokens (split_validation_tokens)."""
     if data_args.dataset_name is not None:
         splits = _load_hub_dataset(data_args)
         sources = {split: f"dataset_name={data_args.dataset_name!r} ({split} split)" for split in splits}
@@ -199,7 +201,11 @@ def load_documents(data_args: "DataArguments") -> DatasetDict | IterableDatasetD
     if data_args.validation_files:
         splits["validation"] = _load_files(data_args.validation_files, "validation_files", data_args.streaming)
         sources["validation"] = "validation_files"
-    if "validation" not in splits:
+    if data_args.validation_tokens is not None:
+        if "validation" in splits:
+            raise DataError(f"validation_tokens holds out the first tokens of the training documents, but "
+                            f"{sources['validation']} is a validation split already: drop one of them")
+    elif "validation" not in splits:
         _check_documents(splits["train"], data_args.text_column, sources["train"])
         splits["train"], splits["validation"] = _hold_out_validation(splits["train"], data_args)
         sources["validation"] = f"the validation documents held out of {sources['train']}"
@@ -256,21 +262,97 @@ class GroupIntoBlocks:
     Blocks ignore document boundaries (the separators mark them), as in GPT-2's training. The ids after a batch's
     last full block carry over into the next batch, so a split loses only its final partial block. The carry makes
     the map sequential: it runs in one process, and starts afresh whenever a pass begins at the first document.
+
+    With `next_token` (validation splits) each block also records the id that follows it, so that its last position
+    is scored too: every token after the first is then predicted exactly once, as in build-nanogpt's and nanoGPT's
+    evaluation (x = tokens[i : i + T], y = tokens[i + 1 : i + T + 1]). `start_tokens` are put before the first
+    document and `max_tokens` ends the stream after that many tokens: build-nanogpt's validation shard is the first
+    100M tokens of its stream, with an end-of-text token before each document (see `validation_token_documents`).
     """
 
-    def __init__(self, block_size: int):
+    def __init__(self, block_size: int, next_token: bool = False, start_tokens: tuple[int, ...] = (),
+                 max_tokens: int | None = None):
         self.block_size = block_size
+        self.next_token = next_token
+        self.start_tokens = tuple(start_tokens)
+        self.max_tokens = max_tokens
         self.carry = np.empty(0, dtype=np.int32)
+        self.streamed = 0  # tokens of this pass taken in so far, start tokens included
 
     def __call__(self, token_lists: pa.ChunkedArray, indices: list[int]) -> pa.Table:
+        new = [chunk.to_numpy() for chunk in pc.list_flatten(token_lists).chunks]
         if indices[0] == 0:
-            self.carry = self.carry[:0]
-        chunks = pc.list_flatten(token_lists).chunks
-        tokens = np.concatenate([self.carry, *(chunk.to_numpy() for chunk in chunks)])  # (carried + batch tokens,)
-        usable = len(tokens) // self.block_size * self.block_size
+            self.carry, self.streamed = self.carry[:0], 0
+            new.insert(0, np.asarray(self.start_tokens, dtype=np.int32))
+        new = np.concatenate([np.empty(0, dtype=np.int32), *new])  # (batch tokens,)
+        if self.max_tokens is not None:
+            new = new[: max(self.max_tokens - self.streamed, 0)]
+        self.streamed += len(new)
+        tokens = np.concatenate([self.carry, new])  # (carried + batch tokens,)
+        held = int(self.next_token)  # the token after the last block must be here too
+        count = max(len(tokens) - held, 0) // self.block_size
+        usable = count * self.block_size
         self.carry = tokens[usable:].copy()
-        blocks = pa.FixedSizeListArray.from_arrays(pa.array(tokens[:usable]), self.block_size)  # (blocks, block_size)
-        return pa.table({"input_ids": blocks})
+        columns = {"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(tokens[:usable]), self.block_size)}
+        if self.next_token:
+            columns["next_token"] = pa.array(tokens[self.block_size : usable + 1 : self.block_size])  # (blocks,)
+        return pa.table(columns)
+
+
+def validation_token_documents(token_counts: np.ndarray, validation_tokens: int) -> int:
+    """How many documents the first `validation_tokens` tokens of the stream come from, the stream being build-
+    nanogpt's (fineweb.py): an end-of-text token, document 0, an end-of-text token, document 1, ... `token_counts`
+    are the documents' token counts with their separator, as TokenizeDocuments makes them (the document, then
+    eos): document i begins at position 1 + (the counts before it). The last of them is cut short; the training
+    split starts with the next document, so that no document is in both."""
+    before = np.concatenate([[0], np.cumsum(token_counts)[:-1]])  # (documents,) tokens of the documents before each
+    return int(np.count_nonzero(1 + before < validation_tokens))
+
+
+def count_validation_documents(documents: Dataset, tokenize: "TokenizeDocuments", text_column: str,
+                              validation_tokens: int) -> int:
+    """validation_token_documents of the first documents, tokenized from the first until there are enough tokens:
+    the documents after them are never read."""
+    counts, total = [], 0
+    with tqdm(total=validation_tokens, unit="tok", unit_scale=True, desc="Counting the validation tokens") as bar:
+        for batch in documents.with_format("arrow").iter(batch_size=DOCUMENTS_PER_BATCH):
+            lengths = pc.list_value_length(tokenize(batch[text_column]).column("input_ids")).to_numpy()
+            counts.append(lengths)
+            bar.update(min(int(lengths.sum()), validation_tokens - bar.n))
+            total += int(lengths.sum())
+            if total >= validation_tokens:  # every later document starts after the last validation token
+                break
+    return validation_token_documents(np.concatenate([np.zeros(0, np.int64), *counts]), validation_tokens)
+
+
+def split_validation_tokens(tokenized: Dataset, validation_tokens: int) -> tuple[Dataset, Dataset]:
+    """(train, validation) tokenized documents for `validation_tokens`: see validation_token_documents."""
+    lengths = pc.list_value_length(tokenized.data.column("input_ids"))
+    token_counts = np.concatenate([np.zeros(0, np.int64), *(chunk.to_numpy() for chunk in lengths.chunks)])
+    held_out = validation_token_documents(token_counts, validation_tokens)
+    if held_out >= len(tokenized):
+        raise DataError(f"validation_tokens={validation_tokens:,} takes all {len(tokenized):,} training documents "
+                        f"({int(token_counts.sum()):,} tokens), leaving none to train on: lower it")
+    return tokenized.select(range(held_out, len(tokenized))), tokenized.select(range(held_out))
+
+
+def block_grouping(split: str, data_args: "DataArguments", eos_token_id: int | None) -> GroupIntoBlocks:
+    """The GroupIntoBlocks of a split: validation blocks know their next token and, with validation_tokens, are
+    build-nanogpt's validation stream."""
+    if split != "validation":
+        return GroupIntoBlocks(data_args.block_size)
+    if data_args.validation_tokens is None:
+        return GroupIntoBlocks(data_args.block_size, next_token=True)
+    return GroupIntoBlocks(data_args.block_size, next_token=True, start_tokens=(eos_token_id,),
+                           max_tokens=data_args.validation_tokens)
+
+
+def block_columns(split: str, block_size: int, id_type: str = "int32") -> Features:
+    """The columns of a split's blocks: `input_ids` and, for validation, `next_token`."""
+    columns = {"input_ids": List(Value(id_type), length=block_size)}
+    if split == "validation":
+        columns["next_token"] = Value(id_type)
+    return Features(columns)
 
 
 def _map_splits(splits, function_for_split, data_args: "DataArguments", description: str, num_proc=None, **options):
@@ -314,28 +396,33 @@ def tokenize_documents(documents, tokenizer: PreTrainedTokenizerBase, data_args:
     )
 
 
-def group_into_blocks(tokenized, data_args: "DataArguments"):
-    """The second map: tokenized documents -> `block_size` blocks (one column, `input_ids`), with max_train_samples
-    and max_eval_samples applied. In one process: see GroupIntoBlocks."""
+def group_into_blocks(tokenized, data_args: "DataArguments", eos_token_id: int | None = None):
+    """The second map: tokenized documents -> `block_size` blocks (`input_ids`, and for validation `next_token`),
+    with max_train_samples and max_eval_samples applied (the first blocks). In one process: see GroupIntoBlocks.
+    `eos_token_id` starts build-nanogpt's validation stream (validation_tokens)."""
     block_size = data_args.block_size
     for split, dataset in tokenized.items():
-        if isinstance(dataset, Dataset) and (tokens := count_tokens(dataset)) < block_size:
+        needed = block_size + (split == "validation")  # a validation block needs the token after it
+        if isinstance(dataset, Dataset) and (tokens := count_tokens(dataset)) < needed:
             raise DataError(
-                f"the {split} split has {tokens} tokens, fewer than block_size={block_size}: "
-                f"add text or lower block_size"
+                f"the {split} split has {tokens} tokens, fewer than block_size={block_size}"
+                f"{' + 1' if needed > block_size else ''}: add text or lower block_size"
             )
-    blocks = _map_splits(
-        tokenized,
-        lambda: GroupIntoBlocks(block_size),
-        data_args,
-        f"Grouping into blocks of {block_size}",
-        input_columns=["input_ids"],
-        with_indices=True,
-        features=Features({"input_ids": List(Value("int32"), length=block_size)}),
-    )
+    blocks = {}
+    for split, dataset in tokenized.items():
+        blocks.update(_map_splits(
+            type(tokenized)({split: dataset}),
+            lambda: block_grouping(split, data_args, eos_token_id),
+            data_args,
+            f"Grouping into blocks of {block_size}",
+            input_columns=["input_ids"],
+            with_indices=True,
+            features=block_columns(split, block_size),
+        ))
+    blocks = type(tokenized)(blocks)
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for split, limit in limits.items():
-        if limit is not None:
+        if limit is not None and split in blocks:
             dataset = blocks[split]
             if isinstance(dataset, IterableDataset):
                 blocks[split] = dataset.take(limit)
@@ -345,10 +432,30 @@ def group_into_blocks(tokenized, data_args: "DataArguments"):
 
 
 def prepare_datasets(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> DatasetDict | IterableDatasetDict:
-    """`train` and `validation` splits of `block_size` blocks in one column, `input_ids`. Cached: a second run of the
-    same config reads the cache. With `streaming`, lazy IterableDatasets built by the same functions."""
+    """`train` and `validation` splits of `block_size` blocks (`input_ids`, and for validation `next_token`). Cached: a
+    second run of the same config reads the cache. With `streaming`, lazy IterableDatasets built by the same
+    functions."""
+    tokenized = tokenize_documents(load_documents(data_args), tokenizer, data_args)
+    if data_args.validation_tokens is not None:  # the hold-out is counted in tokens: cut after tokenizing
+        tokenized["train"], tokenized["validation"] = split_validation_tokens(tokenized["train"],
+                                                                              data_args.validation_tokens)
+    return group_into_blocks(tokenized, data_args, tokenizer.eos_token_id)
+
+
+def validation_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    """The validation split of prepare_datasets alone, for evaluating a model with its own tokenizer on a config's
+    validation documents (e.g. OpenAI's GPT-2 on a run that trained its own BPE): the training documents are not
+    tokenized, except, with validation_tokens, as many as the count needs."""
     documents = load_documents(data_args)
-    return group_into_blocks(tokenize_documents(documents, tokenizer, data_args), data_args)
+    if data_args.validation_tokens is None:
+        held_out = documents["validation"]
+    else:
+        tokenize = TokenizeDocuments(tokenizer)
+        count = count_validation_documents(documents["train"], tokenize, data_args.text_column,
+                                           data_args.validation_tokens)
+        held_out = documents["train"].select(range(count))
+    tokenized = tokenize_documents(DatasetDict({"validation": held_out}), tokenizer, data_args)
+    return group_into_blocks(tokenized, data_args, tokenizer.eos_token_id)["validation"]
 
 
 def stream_datasets(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase, process_index: int,
@@ -366,10 +473,14 @@ def stream_datasets(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBa
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
     """Trainer's data collator: blocks (lists, or numpy arrays of any integer type, such as prepared uint16 ids) ->
-    `input_ids` (B, T) int64 and `labels`, the same ids (the model shifts them)."""
+    `input_ids` (B, T) int64 and `labels`, the same ids (the model shifts them); validation blocks also carry
+    `next_token` (B,), the token after each block (recipe.scoring predicts it from the block's last position)."""
     input_ids = np.stack([np.asarray(example["input_ids"]) for example in examples]).astype(np.int64)  # (B, T)
     input_ids = torch.from_numpy(input_ids)
-    return {"input_ids": input_ids, "labels": input_ids.clone()}
+    batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+    if "next_token" in examples[0]:
+        batch["next_token"] = torch.tensor([int(example["next_token"]) for example in examples])  # (B,)
+    return batch
 
 
 def summarize(tokenized: DatasetDict, blocks: DatasetDict) -> dict[str, int]:

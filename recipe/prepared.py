@@ -34,20 +34,28 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, DatasetInfo, Features, List, Value, load_from_disk
+from datasets import Dataset, DatasetDict, DatasetInfo, Features, load_from_disk
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .checkpoints import file_sha256
 from .errors import DataError
-from .pipeline import DOCUMENTS_PER_BATCH, GroupIntoBlocks, TokenizeDocuments, load_documents
+from .pipeline import (
+    DOCUMENTS_PER_BATCH,
+    TokenizeDocuments,
+    block_columns,
+    block_grouping,
+    count_validation_documents,
+    load_documents,
+    validation_token_documents,
+)
 from .tokenization import tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from .args import DataArguments
 
 MANIFEST_FILE = "manifest.json"
-FORMAT = "gpt2-recipe prepared blocks 1"
+FORMAT = "gpt2-recipe prepared blocks 2"  # 2: validation blocks carry their next token
 SPLITS = ("train", "validation")
 PARTIAL_SUFFIX = ".partial"  # a shard or manifest being written; never read
 # The sample tokenized to estimate tokens per byte of text: documents spread evenly over the training split, up to
@@ -63,8 +71,8 @@ def token_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= 1 << 16 else pa.uint32()
 
 
-def block_features(block_size: int, vocab_size: int) -> Features:
-    return Features({"input_ids": List(Value(str(token_type(vocab_size))), length=block_size)})
+def block_features(split: str, block_size: int, vocab_size: int) -> Features:
+    return block_columns(split, block_size, str(token_type(vocab_size)))
 
 
 def data_identity(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> dict:
@@ -75,6 +83,8 @@ def data_identity(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase
         keys.remove("validation_documents")
     if data_args.validation_files or data_args.validation_documents is not None:
         keys.remove("validation_split_percentage")
+    if data_args.validation_tokens is not None:  # (DataArguments refuses it with the other two)
+        keys[keys.index("validation_split_percentage")] = "validation_tokens"
     return {
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
@@ -122,6 +132,12 @@ def check_agreement(manifest: dict, data_args: "DataArguments", tokenizer: PreTr
                 f"{key}={value!r}: its {setting} differs. Set prepared_dir to another directory to prepare these "
                 f"settings there (nothing was changed)"
             )
+
+
+def prepared_with(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether prepared_dir holds (or is preparing) blocks of this tokenizer's ids."""
+    manifest = read_manifest(Path(data_args.prepared_dir))
+    return manifest is not None and manifest["identity"]["tokenizer"] == tokenizer_fingerprint(tokenizer)
 
 
 def prepared_fingerprint(directory: str | Path) -> str:
@@ -179,15 +195,32 @@ class Corpus:
     shards: dict[str, list[dict]]
 
 
-def survey(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> Corpus:
-    """Load the documents, estimate their tokens from a sample and cut every split into shards."""
-    documents = load_documents(data_args)
-    byte_counts = {split: _text_bytes(documents[split], data_args.text_column) for split in SPLITS}
+def survey(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase, estimate: bool = False) -> Corpus:
+    """Load the documents, estimate their tokens from a sample and cut every split into shards. With
+    validation_tokens, the validation documents are counted exactly by tokenizing them, or with `estimate` (a dry
+    run) from their bytes; they are one shard (the stream must start with its first document)."""
+    documents = dict(load_documents(data_args))
     tokenize = TokenizeDocuments(tokenizer)
-    tokens_per_byte = _tokens_per_byte(documents["train"], byte_counts["train"], tokenize, data_args.text_column)
+    text_column = data_args.text_column
+    byte_counts = {"train": _text_bytes(documents["train"], text_column)}
+    tokens_per_byte = _tokens_per_byte(documents["train"], byte_counts["train"], tokenize, text_column)
+    shard_tokens = {split: data_args.prepared_shard_tokens for split in SPLITS}
+    if data_args.validation_tokens is not None:
+        train, wanted = documents["train"], data_args.validation_tokens
+        if estimate:
+            held_out = validation_token_documents(byte_counts["train"] * tokens_per_byte + 1, wanted)
+        else:
+            held_out = count_validation_documents(train, tokenize, text_column, wanted)
+        if held_out >= len(train):
+            raise DataError(f"validation_tokens={wanted:,} takes all {len(train):,} training documents, leaving "
+                            f"none to train on: lower it")
+        documents["train"], documents["validation"] = train.select(range(held_out, len(train))), train.select(range(held_out))
+        byte_counts["train"] = byte_counts["train"][held_out:]
+        shard_tokens["validation"] = math.inf
+    byte_counts["validation"] = _text_bytes(documents["validation"], text_column)
     corpus = Corpus({}, {}, {}, {})
     for split in SPLITS:
-        ranges = plan_shards(byte_counts[split], tokens_per_byte, data_args.prepared_shard_tokens)
+        ranges = plan_shards(byte_counts[split], tokens_per_byte, shard_tokens[split])
         corpus.documents[split] = documents[split]
         corpus.text_bytes[split] = int(byte_counts[split].sum())
         corpus.shards[split] = [
@@ -196,6 +229,8 @@ def survey(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> Co
             for index, (first, end) in enumerate(ranges)
         ]
         corpus.estimated_tokens[split] = sum(shard["estimated_tokens"] for shard in corpus.shards[split])
+        if split == "validation" and data_args.validation_tokens is not None:
+            corpus.estimated_tokens[split] = min(corpus.estimated_tokens[split], data_args.validation_tokens)
         if corpus.estimated_tokens[split] < data_args.block_size:
             raise DataError(f"the {split} split has about {corpus.estimated_tokens[split]} tokens, fewer than "
                             f"block_size={data_args.block_size}: add text or lower block_size")
@@ -209,7 +244,7 @@ def _free_bytes(directory: Path) -> int:
 
 def dry_run(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> dict:
     """What preparing would take, without tokenizing the corpus or writing anything."""
-    corpus = survey(data_args, tokenizer)
+    corpus = survey(data_args, tokenizer, estimate=True)
     tokens = sum(corpus.estimated_tokens.values())
     bytes_per_token = token_type(len(tokenizer)).byte_width
     return {
@@ -230,39 +265,37 @@ def dry_run(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> d
 @dataclass
 class ShardWriter:
     """Tokenize documents [first, end) of a split and write their blocks to one Arrow file, as the map pipeline
-    would group them (recipe.pipeline's TokenizeDocuments and GroupIntoBlocks), in flat memory."""
+    would group them (recipe.pipeline's TokenizeDocuments and block_grouping), in flat memory."""
 
     tokenize: TokenizeDocuments
-    text_column: str
-    block_size: int
-    features: Features
+    data_args: "DataArguments"
+    vocab_size: int
 
-    def write(self, documents: Dataset, first: int, end: int, path: Path, report=lambda tokens: None) -> dict:
-        group = GroupIntoBlocks(self.block_size)
-        schema = self.features.arrow_schema
-        block_type = schema.field("input_ids").type
+    def write(self, split: str, documents: Dataset, first: int, end: int, path: Path,
+              report=lambda tokens: None) -> dict:
+        group = block_grouping(split, self.data_args, self.tokenize.eos_token_id)
+        schema = block_features(split, self.data_args.block_size, self.vocab_size).arrow_schema
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
-        tokens = blocks = 0
-        waiting: list[pa.Array] = []  # blocks not yet written, (rows, block_size) each
+        blocks = 0
+        waiting: list[pa.Table] = []  # blocks not yet written
 
         def flush(stream):
             if waiting:
-                stream.write_batch(pa.RecordBatch.from_arrays([pa.concat_arrays(waiting)], schema=schema))
+                stream.write_table(pa.concat_tables(waiting).combine_chunks())
                 waiting.clear()
 
         with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as stream:
             shard = documents.select(range(first, end)).with_format("arrow")
             for offset, batch in enumerate(shard.iter(batch_size=DOCUMENTS_PER_BATCH)):
-                token_lists = self.tokenize(batch[self.text_column]).column("input_ids")
-                batch_tokens = pc.sum(pc.list_value_length(token_lists)).as_py()
-                new_blocks = group(token_lists, [first + offset * DOCUMENTS_PER_BATCH]).column("input_ids")
-                waiting.extend(chunk.cast(block_type) for chunk in new_blocks.chunks if len(chunk))
+                token_lists = self.tokenize(batch[self.data_args.text_column]).column("input_ids")
+                new_blocks = group(token_lists, [first + offset * DOCUMENTS_PER_BATCH]).cast(schema)
+                waiting.append(new_blocks)
                 blocks += len(new_blocks)
-                tokens += batch_tokens
-                if sum(len(array) for array in waiting) >= BLOCKS_PER_RECORD_BATCH:
+                if sum(len(table) for table in waiting) >= BLOCKS_PER_RECORD_BATCH:
                     flush(stream)
-                report(batch_tokens)
+                report(pc.sum(pc.list_value_length(token_lists)).as_py())
             flush(stream)
+        tokens = group.streamed  # the tokens of the split's stream these documents gave (validation_tokens cuts it)
         digest = file_sha256(partial)
         os.replace(partial, path)
         return {"tokens": tokens, "blocks": blocks, "bytes": path.stat().st_size, "sha256": digest}
@@ -281,8 +314,8 @@ def _report_progress(tokens: int) -> None:
         _progress.value += tokens
 
 
-def _write_in_worker(writer: ShardWriter, documents: Dataset, first: int, end: int, path: Path) -> dict:
-    return writer.write(documents, first, end, path, _report_progress)
+def _write_in_worker(writer: ShardWriter, split: str, documents: Dataset, first: int, end: int, path: Path) -> dict:
+    return writer.write(split, documents, first, end, path, _report_progress)
 
 
 def _write_shards(jobs: list[tuple], writer: ShardWriter, workers: int, on_done) -> None:
@@ -294,11 +327,12 @@ def _write_shards(jobs: list[tuple], writer: ShardWriter, workers: int, on_done)
         if workers <= 1:
             for job in jobs:
                 split, shard, documents, path = job
-                on_done(job, writer.write(documents, *shard["documents"], path, bar.update))
+                on_done(job, writer.write(split, documents, *shard["documents"], path, bar.update))
             return
         progress = multiprocessing.Value("q", 0)
         with concurrent.futures.ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(progress,)) as pool:
-            futures = {pool.submit(_write_in_worker, writer, job[2], *job[1]["documents"], job[3]): job for job in jobs}
+            futures = {pool.submit(_write_in_worker, writer, job[0], job[2], *job[1]["documents"], job[3]): job
+                       for job in jobs}
             waiting = set(futures)
             try:
                 while waiting:
@@ -405,8 +439,7 @@ def prepare_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBas
         for shard in manifest["splits"][split]["shards"]:
             if "sha256" not in shard or not _check_shard(directory, split, shard, verify_content=True):
                 jobs.append((split, shard, corpus.documents[split], directory / split / shard["file"]))
-    features = block_features(data_args.block_size, len(tokenizer))
-    writer = ShardWriter(TokenizeDocuments(tokenizer), data_args.text_column, data_args.block_size, features)
+    writer = ShardWriter(TokenizeDocuments(tokenizer), data_args, len(tokenizer))
 
     def record(job, stats):
         job[1].update(stats)
@@ -431,6 +464,7 @@ def prepare_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBas
     if not manifest["complete"]:
         manifest["fingerprint"] = _fingerprint(manifest)
         for split in SPLITS:
+            features = block_features(split, data_args.block_size, len(tokenizer))
             _split_metadata(directory, split, manifest["splits"][split]["shards"], features, manifest["fingerprint"])
         _write_json(directory / "dataset_dict.json", {"splits": list(SPLITS)})
         manifest["complete"] = True

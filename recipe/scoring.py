@@ -10,12 +10,13 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
+from datasets import Dataset
 from accelerate.utils import gather_object
 from transformers import PreTrainedTokenizerBase
 
@@ -93,6 +94,26 @@ def _this_process_share(items: Iterable) -> Iterator:
     return itertools.islice(items, state.process_index, None, state.num_processes)
 
 
+class ProcessShare(torch.utils.data.IterableDataset):
+    """This process's share of a split's blocks: every n-th one from its index, read by the process itself. No
+    process dispatches to another, so a streamed split works with fewer blocks than processes, and the blocks
+    scored, and the result, are those of one process. (A map-style split is read with `Dataset.select` instead.)"""
+
+    def __init__(self, blocks: Iterable):
+        self.blocks = blocks
+
+    def __iter__(self):
+        return _this_process_share(self.blocks)
+
+
+def process_share(blocks: Iterable) -> Iterable:
+    """This process's share of `blocks`: a map-style Dataset stays one (rows rank, rank + n, ...), else ProcessShare."""
+    if isinstance(blocks, Dataset):
+        state = PartialState()
+        return blocks.select(range(state.process_index, len(blocks), state.num_processes))
+    return ProcessShare(blocks)
+
+
 @contextmanager
 def _evaluation_mode(model):
     """Dropout off for the block, then the model's mode as it was (a training callback continues training)."""
@@ -160,21 +181,91 @@ def score_hellaswag(model, tokenizer: PreTrainedTokenizerBase, examples: list[di
     return {"n": len(scored), **result}
 
 
-def evaluate_perplexity(model, blocks: Iterable[dict], batch_size: int = 8) -> dict:
-    """{"n" (blocks), "loss", "perplexity"} of next-token prediction over blocks of `input_ids` (all one length),
-    e.g. a validation split. Under a multi-process launch every process must call it, as `score_hellaswag`."""
-    loss_sums, token_counts = [], []
-    with _evaluation_mode(model), torch.no_grad():
-        for batch in _batches(_this_process_share(blocks), batch_size):
-            input_ids = torch.stack([torch.as_tensor(block["input_ids"]) for block in batch]).to(model.device)
-            logits = model(input_ids).logits  # (B, T, V)
-            token_losses = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="none"
-            )  # (B * (T - 1),): logits at t predict token t + 1
-            loss_sums += token_losses.view(len(batch), -1).sum(1).tolist()
-            token_counts += [input_ids.shape[1] - 1] * len(batch)
-    scored = gather_object(list(zip(loss_sums, token_counts)))
-    if not scored:
+def next_token_targets(batch: dict) -> torch.Tensor:
+    """(B, T) the token each position of `input_ids` (B, T) predicts: the next one in its block and, at the last
+    position, the block's `next_token` when it has one (validation blocks do, so that every token of a split after
+    its first is predicted exactly once, as in build-nanogpt's loop), else nothing (-100)."""
+    input_ids = batch["input_ids"]
+    last = batch.get("next_token")
+    if last is None:
+        last = torch.full_like(input_ids[:, :1], -100)
+    return torch.cat([input_ids[:, 1:], last.view(-1, 1).to(input_ids)], dim=1)
+
+
+SUMS = ("loss_sum", "tokens", "text_loss_sum", "text_bytes", "blocks")  # what next_token_sums adds up
+
+
+@torch.no_grad()
+def _batch_sums(model, batch: dict, token_bytes: torch.Tensor | None) -> torch.Tensor:
+    """(5,) float64, see SUMS: the cross-entropy (nats) of every predicted token, their number, the cross-entropy
+    of the tokens that are text (not special) and the UTF-8 bytes they decode to, and the blocks."""
+    input_ids = batch["input_ids"]
+    targets = next_token_targets(batch)  # (B, T)
+    logits = model(input_ids=input_ids).logits  # (B, T, V)
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").double()  # (B*T,)
+    predicted = targets.flatten() != -100
+    if token_bytes is None:  # no tokenizer to measure bytes with: no bits per byte
+        text_bytes = torch.zeros_like(losses, dtype=torch.long)
+    else:
+        text_bytes = token_bytes[targets.flatten().clamp(min=0)] * predicted  # (B*T,); 0 for special tokens
+    is_text = text_bytes > 0
+    return torch.stack([losses.sum(), predicted.sum(), losses[is_text].sum(), text_bytes.sum(),
+                        torch.tensor(len(input_ids), device=losses.device)]).double()
+
+
+def next_token_sums(model, batches: Iterable[dict], token_bytes: torch.Tensor | None,
+                    context=nullcontext) -> dict:
+    """SUMS of next-token prediction over `batches` (dicts of `input_ids` (B, T) and optionally `next_token` (B,)),
+    added up over every process of a multi-process launch, which must all call it, each with its own batches.
+
+    Processes may hold different numbers of batches (or none: fewer validation blocks than processes): each forward
+    is taken in step with the others, and a process that has run out runs one token through the model instead, as
+    FSDP needs every process in every forward. `context` wraps each forward (e.g. Trainer's autocast)."""
+    device = next(model.parameters()).device
+    token_bytes = token_bytes.to(device) if token_bytes is not None else None
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    sums = torch.zeros(len(SUMS), dtype=torch.float64, device=device)
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        if distributed:
+            any_left = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+            torch.distributed.all_reduce(any_left, op=torch.distributed.ReduceOp.MAX)
+            if not any_left.item():
+                break
+        elif batch is None:
+            break
+        with context():
+            if batch is None:
+                model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device))  # in step with the others
+                continue
+            sums += _batch_sums(model, {key: value.to(device) for key, value in batch.items()}, token_bytes)
+    if distributed:
+        torch.distributed.all_reduce(sums)
+    return dict(zip(SUMS, sums.tolist()))
+
+
+def loss_metrics(sums: dict) -> dict:
+    """{"n" (blocks), "loss" (nats per predicted token), "perplexity", "bpb" (bits per byte of text)} of
+    next_token_sums, through the local perplexity metric."""
+    if not sums["tokens"]:
         raise DataError("no validation blocks to evaluate")
-    sums, counts = zip(*scored)
-    return {"n": len(scored), **load_metric("perplexity").compute(loss_sums=sums, token_counts=counts)}
+    result = load_metric("perplexity").compute(
+        loss_sums=[sums["loss_sum"]], token_counts=[int(sums["tokens"])],
+        text_loss_sums=[sums["text_loss_sum"]], byte_counts=[int(sums["text_bytes"])],
+    )
+    if not sums["text_bytes"]:
+        del result["bpb"]  # no bytes measured (no tokenizer given)
+    return {"n": int(sums["blocks"]), **result}
+
+
+def evaluate_perplexity(model, blocks: Iterable[dict], token_bytes: torch.Tensor, batch_size: int = 8) -> dict:
+    """loss_metrics of next-token prediction over blocks of `input_ids` (all one length, with `next_token` or
+    not), e.g. a validation split. Under a multi-process launch every process must call it, as `score_hellaswag`."""
+    def batches():
+        for batch in _batches(process_share(blocks), batch_size):
+            yield {key: torch.stack([torch.as_tensor(block[key]) for block in batch]).long() for key in batch[0]
+                   if key in ("input_ids", "next_token")}
+
+    with _evaluation_mode(model):
+        return loss_metrics(next_token_sums(model, batches(), token_bytes))

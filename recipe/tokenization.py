@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import tiktoken
+import torch
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
@@ -105,3 +106,26 @@ def train_bpe_tokenizer(text_batches: Iterable[list[str]], vocab_size: int) -> P
     """A new byte-level BPE of `vocab_size` tokens learnt from `text_batches`, with GPT-2's pre-tokenization and
     `<|endoftext|>` as its only special token (its eos)."""
     return gpt2_tokenizer().train_new_from_iterator(text_batches, vocab_size=vocab_size)
+
+
+def _is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's tokens are byte-level BPE strings: one printable character per byte (GPT-2's scheme)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and json.loads(backend.to_str()).get("decoder", {}).get("type") == "ByteLevel"
+
+
+def token_byte_counts(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """(len(tokenizer),) int64: the UTF-8 bytes of text each token id stands for; 0 for special tokens, which are
+    markers (document separators), not text. The denominator of bits per byte, which compares models whatever
+    their tokenizer (nanochat's evaluate_bpb counts the same way).
+
+    A byte-level BPE token is a string of one character per byte (GPT-2's bytes-to-unicode map), so its length is
+    its byte count, also for the tokens that hold part of a multi-byte character. Other tokenizers are measured by
+    decoding each token alone."""
+    special = set(tokenizer.all_special_ids)
+    ids = range(len(tokenizer))
+    if _is_byte_level(tokenizer):
+        counts = [len(token) for token in tokenizer.convert_ids_to_tokens(list(ids))]
+    else:
+        counts = [len(tokenizer.decode([index]).encode("utf-8")) for index in ids]
+    return torch.tensor([0 if index in special else count for index, count in zip(ids, counts)], dtype=torch.int64)

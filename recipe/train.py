@@ -26,7 +26,7 @@ from transformers import set_seed  # noqa: E402
 from recipe.args import Settings, check_output_dir, parse_settings  # noqa: E402
 from recipe.checkpoints import RUN_CONFIG_FILE, last_complete_checkpoint, resume_checkpoint  # noqa: E402
 from recipe.errors import RecipeError, TrainingStopped  # noqa: E402
-from recipe.flops import choose_loss_chunk_size, run_plan  # noqa: E402
+from recipe.flops import choose_loss_chunk_size, describe_validation, run_plan  # noqa: E402
 from recipe.sources import build_model  # noqa: E402
 from recipe.tokenization import load_tokenizer  # noqa: E402
 
@@ -47,7 +47,8 @@ def plan(settings: Settings, model) -> dict:
         settings.model.loss_chunk_size, model.config.padded_vocab_size,
         training.per_device_train_batch_size * settings.data.block_size, training.device,
     )
-    run = {"data": settings.describe_data(), **run_plan(settings, model)}
+    run = {"data": settings.describe_data(), "validation": describe_validation(settings.to_dict()),
+           **run_plan(settings, model)}
     run["loss"] += f" ({why})"
     return run
 

@@ -4,7 +4,9 @@
 - a guard at every optimizer step, before the optimizer applies it: a non-finite loss or gradient stops the run
   (or skips that batch), and so does a gradient norm of exactly zero (no gradient reached the parameters: the run
   would train nothing), so nothing of that step is applied or saved;
-- throughput (tokens/s), MFU, ETA and perplexity in the logs;
+- evaluation that predicts every validation token once and reports bits per byte beside the loss, each process
+  reading its own share of the blocks (streamed ones too; see `evaluation_loop`);
+- throughput (tokens/s), MFU and ETA in the logs;
 - checkpoints written under a staging name and renamed into place (recipe.checkpoints), so `checkpoint-N` is
   always complete; the run's card and loss plot at the end (recipe.card);
 - tokens counted on the host (fixed-size blocks), without the per-micro-batch device sync Trainer uses;
@@ -13,7 +15,6 @@
 """
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.trainer_utils import EvalLoopOutput
 
 from .callbacks import PreemptionCallback
 from .card import write_model_card
@@ -37,7 +39,9 @@ from .checkpoints import (
 from .curves import plot_runs
 from .errors import DataError, TrainingStopped
 from .flops import model_flops_per_token, peak_flops
+from .scoring import loss_metrics, next_token_sums, process_share
 from .stream import BlockStream
+from .tokenization import token_byte_counts
 
 
 class GPTTrainer(Trainer):
@@ -55,6 +59,7 @@ class GPTTrainer(Trainer):
         self._step_is_finite = None  # device bool, AND-ed over the micro-batches of one optimizer step
         self._last_log = None  # (time, tokens seen, step) of the previous training log
         self.seq_len = None  # learnt from the first batch
+        self.token_bytes = None  # the UTF-8 bytes of each token id, for bits per byte; from the tokenizer, once
         self.peak_flops_per_device = peak_tflops * 1e12 if peak_tflops else None
         if self.peak_flops_per_device is None and self.args.device.type == "cuda":
             self.peak_flops_per_device = peak_flops(torch.cuda.get_device_name(self.args.device))
@@ -117,8 +122,6 @@ class GPTTrainer(Trainer):
     # -- logging ----------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "eval_loss" in logs:
-            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 700.0))
         if "loss" in logs and "learning_rate" in logs:
             self._add_throughput(logs)
         super().log(logs, start_time)
@@ -143,6 +146,43 @@ class GPTTrainer(Trainer):
         input_ids = inputs["input_ids"]
         self.seq_len = input_ids.shape[-1]
         self.state.num_input_tokens_seen += input_ids.numel() * self.args.world_size
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """This process's share of the validation blocks, read by the process itself, in order (no sampler, no
+        dispatch from rank 0, no padding with repeated blocks): see recipe.scoring.ProcessShare."""
+        blocks = eval_dataset if eval_dataset is not None else self.eval_dataset
+        return DataLoader(process_share(blocks), batch_size=self.args.eval_batch_size, collate_fn=self.data_collator)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval") -> EvalLoopOutput:
+        """Next-token loss, perplexity and bits per byte over the validation blocks, summed over every process.
+
+        Written here because Trainer's loop gives the mean loss of each batch and nothing a bits-per-byte needs (the
+        loss of each token and the bytes it decodes to), and because its loop over a streamed split is fed from rank
+        0 and fails with fewer blocks than processes. Each block's last position predicts the block's `next_token`
+        when it has one, so every validation token is predicted once. The model is prepared as Trainer's own loop
+        prepares it (evaluation outside training, DeepSpeed, FSDP)."""
+        model = self._wrap_model(self.model, training=False)
+        if len(self.accelerator._models) == 0 and model is self.model:  # evaluate() called before train()
+            model = (self.accelerator.prepare(model) if self.is_deepspeed_enabled or self.is_fsdp_enabled
+                     else self.accelerator.prepare_model(model, evaluation_mode=True))
+            if self.is_fsdp_enabled:
+                self.model = model
+        model.eval()
+        if self.token_bytes is None and self.processing_class is not None:
+            self.token_bytes = token_byte_counts(self.processing_class)
+
+        def batches():
+            for batch in dataloader:
+                yield batch
+                self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+
+        self.callback_handler.eval_dataloader = dataloader
+        sums = next_token_sums(model, batches(), self.token_bytes, context=self.autocast_smart_context_manager)
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in loss_metrics(sums).items() if key != "n"}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(sums["blocks"]))
 
     # -- output -----------------------------------------------------------------------------------------------
 

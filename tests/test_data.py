@@ -52,11 +52,15 @@ def test_blocks_are_the_documents_joined_with_separators(scenes, trained_tokeniz
     for split, split_documents in held_out.items():
         expected = joined_ids(split_documents, tokenizer)
         assert expected.count(tokenizer.eos_token_id) == len(split_documents)  # separators only where appended
-        assert blocks[split].column_names == ["input_ids"]
         rows = blocks[split]["input_ids"]
         assert len(rows) > 0 and all(len(row) == block_size for row in rows)
         assert [token for row in rows for token in row] == expected[: len(rows) * block_size]
-        assert len(expected) - len(rows) * block_size < block_size  # only the final partial block is dropped
+        # Validation blocks carry the token after each, so that evaluation predicts every token once.
+        held = split == "validation"
+        assert blocks[split].column_names == ["input_ids", "next_token"] if held else ["input_ids"]
+        if held:
+            assert blocks[split]["next_token"] == expected[block_size : len(rows) * block_size + 1 : block_size]
+        assert len(expected) - len(rows) * block_size < block_size + held  # only the final partial block is dropped
 
 
 def test_a_document_is_a_txt_file_or_a_json_or_parquet_row(tmp_path):
@@ -112,10 +116,10 @@ def test_streaming_gives_the_same_blocks_as_map():
     assert len(mapped["train"]) == 50
     for split in ("train", "validation"):
         assert isinstance(streamed[split], IterableDataset)
-        assert streamed[split].column_names == ["input_ids"]
-        first_pass = [row["input_ids"] for row in streamed[split]]
-        assert first_pass == mapped[split]["input_ids"]
-        assert [row["input_ids"] for row in streamed[split]] == first_pass  # a second pass starts afresh
+        assert streamed[split].column_names == mapped[split].column_names
+        first_pass = list(streamed[split])
+        assert first_pass == list(mapped[split])
+        assert list(streamed[split]) == first_pass  # a second pass starts afresh
 
 
 def test_second_run_reuses_the_cache_and_tokenizes_nothing(scenes, datasets_cache, monkeypatch):

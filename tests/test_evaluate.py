@@ -14,14 +14,15 @@ import torch
 from datasets import Dataset
 
 import recipe.scoring as scoring_module
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, scene_texts
 from recipe import GPTConfig, GPTForCausalLM
 from recipe.convert import from_openai
 from recipe.data import main as data_main
 from recipe.errors import DataError
 from recipe.evaluate import main
+from recipe.card import model_card
 from recipe.scoring import evaluate_perplexity, hellaswag_losses, read_hellaswag, score_hellaswag
-from recipe.tokenization import gpt2_tokenizer
+from recipe.tokenization import gpt2_tokenizer, token_byte_counts, train_bpe_tokenizer
 
 EXAMPLES = [
     {"ctx": "A man is sitting on a roof. he", "label": 3,
@@ -168,25 +169,66 @@ def test_without_data_the_official_file_is_downloaded_once_and_offline_fails_fas
     assert (tmp_path / "cache" / "hellaswag_val.jsonl").read_bytes() == jsonl
 
 
-def _blocks(count, length=16, seed=0):
+def _blocks(count, length=16, seed=0, next_token=False):
     generator = torch.Generator().manual_seed(seed)
-    return Dataset.from_dict({"input_ids": torch.randint(0, 50257, (count, length), generator=generator).tolist()})
+    ids = torch.randint(0, 50257, (count, length + 1), generator=generator)
+    columns = {"input_ids": ids[:, :length].tolist()}
+    if next_token:
+        columns["next_token"] = ids[:, length].tolist()
+    return Dataset.from_dict(columns)
 
 
-def test_perplexity_is_the_models_next_token_loss_whatever_the_batch():
+@pytest.mark.parametrize("next_token", [False, True], ids=["blocks", "validation-blocks"])
+def test_perplexity_is_the_models_next_token_loss_whatever_the_batch(next_token):
     model = _random_model(seed=1)
-    blocks = _blocks(7)
+    blocks = _blocks(7, next_token=next_token)
     input_ids = torch.tensor(blocks["input_ids"])
     with torch.no_grad():
-        expected_loss = model(input_ids, labels=input_ids).loss.item()  # what Trainer's eval_loss averages
+        logits = model(input_ids).logits  # (7, 16, V)
+    # Written out: position t predicts token t + 1; the last position the block's next token, when it has one.
+    targets = input_ids[:, 1:] if not next_token else torch.cat([input_ids[:, 1:], torch.tensor(blocks["next_token"])[:, None]], 1)
+    losses = torch.nn.functional.cross_entropy(logits[:, : targets.shape[1]].flatten(0, 1), targets.flatten(), reduction="none")
     for batch_size in (1, 3, 7):
-        result = evaluate_perplexity(model, blocks, batch_size)
+        result = evaluate_perplexity(model, blocks, token_byte_counts(gpt2_tokenizer()), batch_size)
         assert result["n"] == 7
-        assert result["loss"] == pytest.approx(expected_loss, abs=1e-5)
+        assert result["loss"] == pytest.approx(losses.mean().item(), rel=1e-6)  # float32 logits, float64 sums
         assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
 
 
-def test_perplexity_cli_evaluates_the_validation_split_of_the_config(recipe_checkpoint, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained_tokenizer():
+    return train_bpe_tokenizer([scene_texts()], vocab_size=300)
+
+
+@pytest.mark.parametrize("tokenizer_kind", ["gpt2", "trained"])
+def test_bits_per_byte_is_the_text_loss_in_bits_over_the_bytes_it_decodes_to(tokenizer_kind, trained_tokenizer):
+    """Against a direct computation: every target token's loss, and the bytes of the whole decoded text (multi-byte
+    characters included, whose bytes are spread over several byte-level tokens). The separators are not text."""
+    tokenizer = gpt2_tokenizer() if tokenizer_kind == "gpt2" else trained_tokenizer
+    text = "".join(scene_texts()[:3]) + "Café naïve — “quoted” 日本語 ✓"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids += tokenizer("To be, or not to be. " * 12, add_special_tokens=False)["input_ids"]  # > a block: cut in ASCII
+    length = 32
+    count = (len(ids) - 1) // length
+    blocks = Dataset.from_dict({"input_ids": [ids[i * length : (i + 1) * length] for i in range(count)],
+                                "next_token": [ids[(i + 1) * length] for i in range(count)]})
+    torch.manual_seed(0)
+    model = GPTForCausalLM(GPTConfig(n_layer=1, n_embd=16, n_head=2, n_positions=64, vocab_size=len(tokenizer))).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor(ids[: count * length]).view(count, length)).logits  # (count, length, V)
+    targets = torch.tensor(ids[1 : count * length + 1])
+    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets, reduction="none").double()
+    is_text = targets != tokenizer.eos_token_id
+    text_bytes = len(tokenizer.decode(targets[is_text].tolist()).encode("utf-8"))
+    assert text_bytes < is_text.sum() * 4  # (several bytes a token: the measure is not tokens)
+
+    result = evaluate_perplexity(model, blocks, token_byte_counts(tokenizer), batch_size=3)
+    assert result["bpb"] == pytest.approx(losses[is_text].sum().item() / math.log(2) / text_bytes, rel=1e-9)
+    assert result["loss"] == pytest.approx(losses.mean().item(), rel=1e-9)
+
+
+def test_perplexity_cli_evaluates_the_validation_split_of_the_config(recipe_checkpoint, openai_gpt2_dir, tmp_path,
+                                                                     capsys):
     plays = REPO_ROOT / "data" / "shakespeare"
     settings = {"train_files": [str(plays / "macbeth_gut.txt")], "validation_files": [str(plays / "tempest_gut.txt")],
                 "block_size": 32, "max_eval_samples": 6, "output_dir": str(tmp_path / "out")}
@@ -195,14 +237,18 @@ def test_perplexity_cli_evaluates_the_validation_split_of_the_config(recipe_chec
     assert main([str(recipe_checkpoint), "--task", "perplexity", "--config", str(config), "--batch_size", "2"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
 
-    # The same blocks as training's evaluation: The Tempest's first 6 x 32 tokens, each document + <|endoftext|>.
+    # The same blocks as training's evaluation: The Tempest's first 6 x 32 tokens (each document + <|endoftext|>),
+    # each with the token after it.
     tokenizer = gpt2_tokenizer()
     tempest = tokenizer((plays / "tempest_gut.txt").read_text())["input_ids"]
-    blocks = [{"input_ids": torch.tensor(tempest[start : start + 32])} for start in range(0, 6 * 32, 32)]
+    blocks = [{"input_ids": torch.tensor(tempest[start : start + 32]), "next_token": torch.tensor(tempest[start + 32])}
+              for start in range(0, 6 * 32, 32)]
     model = GPTForCausalLM.from_pretrained(recipe_checkpoint)
-    assert result == {"task": "perplexity", **evaluate_perplexity(model, blocks, batch_size=2)}
-    assert result["n"] == 6
+    assert result == {"task": "perplexity", **evaluate_perplexity(model, blocks, token_byte_counts(tokenizer), 2)}
+    assert result["n"] == 6 and 0 < result["bpb"] < result["loss"]
     assert json.loads((recipe_checkpoint / "eval_perplexity.json").read_text()) == result
+    # Not a checkpoint of the config's run (output_dir): the result is also the run's baseline.
+    assert json.loads((tmp_path / "out" / "baseline_perplexity.json").read_text())["model"] == str(recipe_checkpoint)
 
     # The same split prepared into uint16 blocks (recipe.prepared): the same blocks, the same result.
     config.write_text(json.dumps({**settings, "prepared_dir": str(tmp_path / "prepared")}))
@@ -211,8 +257,40 @@ def test_perplexity_cli_evaluates_the_validation_split_of_the_config(recipe_chec
     assert main([str(recipe_checkpoint), "--task", "perplexity", "--config", str(config), "--batch_size", "2"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == result
 
+    # OpenAI's GPT-2 (a local directory of its layout stands in for the Hub id) as the run's baseline.
+    assert main([str(openai_gpt2_dir), "--task", "perplexity", "--config", str(config)]) == 0
+    printed = capsys.readouterr()
+    baseline = json.loads((tmp_path / "out" / "baseline_perplexity.json").read_text())
+    assert baseline == {"model": str(openai_gpt2_dir), "same_tokenizer": True,
+                        **json.loads(printed.out.splitlines()[-1])}
+    assert "saved as the baseline of" in printed.err
+    card = model_card(tmp_path / "out")
+    assert f"baseline: validation bits per byte of `{openai_gpt2_dir}`" in card and f"{baseline['bpb']:.4f}" in card
+
     assert main([str(recipe_checkpoint), "--task", "perplexity"]) == 2
     assert "needs --config" in capsys.readouterr().err
+
+
+def test_the_baseline_of_a_run_with_its_own_bpe_tokenizes_the_validation_documents_with_gpt2s(
+        openai_gpt2_dir, trained_tokenizer, tmp_path, capsys):
+    """A run that trained its own BPE: GPT-2 is scored on the same documents in its own tokens; bits per byte
+    compare, losses per token do not (and the card says only the first)."""
+    plays = REPO_ROOT / "data" / "shakespeare"
+    settings = {"train_files": [str(plays / "macbeth_gut.txt")], "validation_files": [str(plays / "tempest_gut.txt")],
+                "block_size": 32, "max_eval_samples": 4, "train_tokenizer_vocab_size": 300,
+                "output_dir": str(tmp_path / "out")}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(settings))
+    assert main([str(openai_gpt2_dir), "--task", "perplexity", "--config", str(config)]) == 0
+    baseline = json.loads((tmp_path / "out" / "baseline_perplexity.json").read_text())
+    assert baseline["same_tokenizer"] is False and baseline["n"] == 4
+    tempest = gpt2_tokenizer()((plays / "tempest_gut.txt").read_text())["input_ids"]
+    blocks = [{"input_ids": torch.tensor(tempest[start : start + 32]), "next_token": torch.tensor(tempest[start + 32])}
+              for start in range(0, 4 * 32, 32)]
+    model = GPTForCausalLM.from_pretrained(from_openai(openai_gpt2_dir, tmp_path / "converted"))
+    assert baseline["bpb"] == pytest.approx(evaluate_perplexity(model, blocks, token_byte_counts(gpt2_tokenizer()))["bpb"])
+    card = model_card(tmp_path / "out")
+    assert "baseline: validation bits per byte" in card and "baseline: validation loss" not in card
 
 
 @pytest.mark.slow

@@ -25,9 +25,9 @@ from helpers import (
 from recipe.args import DataArguments
 from recipe.data import main as data_main
 from recipe.errors import DataError
-from recipe.pipeline import prepare_datasets
+from recipe.pipeline import prepare_datasets, validation_blocks
 from recipe.prepared import MANIFEST_FILE, PARTIAL_SUFFIX, ShardWriter, open_prepared, prepare_blocks, token_type
-from recipe.tokenization import load_tokenizer, train_bpe_tokenizer
+from recipe.tokenization import GPT2_EOT_ID, gpt2_encoding, load_tokenizer, train_bpe_tokenizer
 from recipe.train import main as train_main
 
 pytestmark = pytest.mark.usefixtures("datasets_cache")  # a fresh datasets cache for every test
@@ -64,6 +64,35 @@ def test_one_shard_holds_exactly_the_map_pipelines_blocks(scenes, tmp_path, toke
     assert summary["shards"] == 2  # one per split: the default shard holds ~100M tokens
     for split in ("train", "validation"):
         assert np.array_equal(prepared[split]["input_ids"], np.array(mapped[split]["input_ids"]))
+    assert np.array_equal(prepared["validation"]["next_token"], np.array(mapped["validation"]["next_token"]))
+
+
+def test_build_nanogpts_validation_tokens_are_the_first_tokens_of_the_stream_in_every_path(scenes, tmp_path):
+    """validation_tokens=N: the first N tokens of build-nanogpt's stream (fineweb.py: an end-of-text token, then
+    each document), as blocks that know their next token; training starts with the first document after them.
+    The map pipeline, the prepared blocks (with several train shards) and recipe.evaluate's validation_blocks agree."""
+    tokenizer, encoding = load_tokenizer(), gpt2_encoding()
+    documents, wanted = scene_texts(), 5_000
+    stream = [token for text in documents for token in [GPT2_EOT_ID, *encoding.encode_ordinary(text)]][:wanted]
+    blocks = [stream[start : start + 64] for start in range(0, wanted - 64, 64)]  # each with a next token in stream
+    starts = np.cumsum([0] + [1 + len(encoding.encode_ordinary(text)) for text in documents])
+    first_training_document = int(np.count_nonzero(starts[:-1] < wanted))
+
+    # Shards of 2,000 tokens: the validation stream stays one shard (it must start with its first document).
+    args = replace(scene_args(scenes, tmp_path / "prepared", prepared_shard_tokens=2_000),
+                   validation_documents=None, validation_tokens=wanted)
+    mapped = prepare_datasets(args, tokenizer)
+    assert mapped["validation"]["input_ids"] == blocks
+    assert mapped["validation"]["next_token"] == [stream[start + 64] for start in range(0, wanted - 64, 64)]
+    assert mapped["train"]["input_ids"][0] == joined_ids(documents[first_training_document:], tokenizer)[:64]
+
+    summary = prepare_blocks(args, tokenizer)
+    assert len(manifest_of(tmp_path / "prepared")["splits"]["validation"]["shards"]) == 1 < summary["shards"] - 1
+    prepared = open_prepared(args, tokenizer)
+    for column in ("input_ids", "next_token"):
+        assert np.array_equal(prepared["validation"][column], np.array(mapped["validation"][column])), column
+    assert np.array_equal(prepared["train"]["input_ids"][0], mapped["train"]["input_ids"][0])  # shard 0 starts there
+    assert validation_blocks(args, tokenizer)["input_ids"] == blocks
 
 
 def test_each_of_several_shards_holds_the_map_pipelines_blocks_of_its_documents(scenes, tmp_path):
@@ -165,9 +194,9 @@ def test_an_interrupted_prepare_resumes_without_redoing_finished_shards(scenes, 
     written = []
     original_write = ShardWriter.write
 
-    def counting_write(self, documents, first, end, path, report):
+    def counting_write(self, split, documents, first, end, path, report):
         written.append(path)
-        return original_write(self, documents, first, end, path, report)
+        return original_write(self, split, documents, first, end, path, report)
 
     monkeypatch.setattr(ShardWriter, "write", counting_write)
     assert data_main([str(config)]) == 0

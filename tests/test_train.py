@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from helpers import REPO_ROOT, SCRIPTS, load_in_fresh_python, tiny_config
 from recipe.args import parse_settings
 from recipe.modeling_gpt import GPTForCausalLM
+from recipe.evaluate import main as evaluate_main
 from recipe.train import main
 
 def _final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -44,6 +45,18 @@ def test_tiny_run_learns_and_its_output_loads_anywhere(tmp_path, capsys):
     loaded = load_in_fresh_python(output_dir, "To be, or not to be")
     assert loaded["class"] == "GPTForCausalLM" and not loaded["recipe_imported"]
     assert loaded["text"].startswith("To be, or not to be")
+
+    # Bits per byte beside every evaluation's loss: in the logs, the final results and the card; and the training
+    # evaluation is exactly recipe.evaluate's on the same config and weights.
+    assert all("eval_bpb" in entry for entry in history if "eval_loss" in entry)
+    final = json.loads((output_dir / "eval_results.json").read_text())
+    assert f"| validation bits per byte (end of training) | {final['eval_bpb']:.4f} |" in (output_dir / "README.md").read_text()
+    capsys.readouterr()
+    assert evaluate_main([str(output_dir), "--task", "perplexity", "--config", str(config)]) == 0
+    evaluated = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert evaluated["loss"] == pytest.approx(final["eval_loss"], rel=1e-6)
+    assert evaluated["bpb"] == pytest.approx(final["eval_bpb"], rel=1e-6)
+    assert not (output_dir / "baseline_perplexity.json").exists()  # the run's own model is not its baseline
 
 
 @pytest.mark.slow

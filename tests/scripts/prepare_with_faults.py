@@ -16,12 +16,12 @@ hang_at = int(os.environ["RECIPE_TEST_HANG_AT_SHARD"])
 original_write = ShardWriter.write
 
 
-def write_then_hang(self, documents, first, end, path, report=lambda tokens: None):
-    if path.name.startswith(f"data-{hang_at:05d}-") and path.parent.name == "train":
+def write_then_hang(self, split, documents, first, end, path, report=lambda tokens: None):
+    if path.name.startswith(f"data-{hang_at:05d}-") and split == "train":
         path.with_name(path.name + PARTIAL_SUFFIX).write_bytes(b"half a shard")
         Path(os.environ["RECIPE_TEST_MARKER"]).write_text(str(path))
         time.sleep(600)
-    return original_write(self, documents, first, end, path, report)
+    return original_write(self, split, documents, first, end, path, report)
 
 
 ShardWriter.write = write_then_hang
