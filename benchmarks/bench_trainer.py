@@ -14,10 +14,11 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import PrinterCallback, TrainerCallback, get_scheduler
+from transformers import PrinterCallback, TrainerCallback
 
 from common import add_shape_arguments, median, print_report, timed, twin_models
 from recipe.args import RecipeTrainingArguments
+from recipe.optimization import create_schedule
 from recipe.pipeline import collate_blocks
 from recipe.trainer import GPTTrainer
 
@@ -42,8 +43,8 @@ def bare_loop(model, batches, steps: int, device: str, bf16: bool) -> list[float
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
-    scheduler = get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=2, num_training_steps=steps,
-                              scheduler_specific_kwargs={"min_lr_rate": 0.1})
+    scheduler = create_schedule("gpt2_cosine", optimizer, warmup_steps=2, max_steps=steps,
+                                lr_scheduler_kwargs={"min_lr_rate": 0.1})
 
     def step(input_ids):
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):

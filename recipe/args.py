@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, SchedulerType, TrainingArguments
 
 from .checkpoints import RUN_CONFIG_FILE
 from .configuration_gpt import GPTConfig
 from .errors import CheckpointError, ConfigError
+from .optimization import SCHEDULES, check_schedule
 from .sources import classify_source
 
 MIN_TRAINED_VOCAB_SIZE = 257  # the 256 byte tokens every byte-level BPE starts from, plus <|endoftext|>
@@ -185,7 +186,11 @@ class RecipeTrainingArguments(TrainingArguments):
     learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
     weight_decay: float = field(default=0.1, metadata={"help": "Decay of 2-D weights (matmuls and embeddings)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clipping."})
-    lr_scheduler_type: str = field(default="cosine_with_min_lr", metadata={"help": "Trainer's scheduler names."})
+    lr_scheduler_type: str = field(
+        default="gpt2_cosine",
+        metadata={"help": "gpt2_cosine: the GPT-2 reproductions' warm-up (step 0 at peak / warmup_steps) and cosine "
+                          "(recipe.optimization), or any of Trainer's scheduler names."},
+    )
     lr_scheduler_kwargs: dict | str | None = field(
         default_factory=lambda: {"min_lr_rate": 0.1}, metadata={"help": "Cosine decay to 10% of the peak."}
     )
@@ -257,7 +262,17 @@ class RecipeTrainingArguments(TrainingArguments):
             raise ConfigError("bf16=true needs a GPU with bfloat16 support and none is in use; remove bf16 (automatic)")
         if self.tf32 is None and cuda and torch.cuda.get_device_capability()[0] >= 8:
             self.tf32 = True
+        # TrainingArguments converts lr_scheduler_type with transformers' SchedulerType, which does not know the
+        # recipe's schedules: it checks a name of its own meanwhile, and the recipe's name is put back after.
+        schedule = self.lr_scheduler_type
+        if schedule in SCHEDULES:
+            self.lr_scheduler_type = SchedulerType.LINEAR
+        elif schedule not in {member.value for member in SchedulerType} and not isinstance(schedule, SchedulerType):
+            raise ConfigError(f"lr_scheduler_type={schedule!r} is not a schedule: the recipe's are "
+                              f"{sorted(SCHEDULES)}, transformers' {[member.value for member in SchedulerType]}")
         super().__post_init__()
+        if schedule in SCHEDULES:
+            self.lr_scheduler_type = schedule
 
 
 @dataclass
@@ -496,6 +511,10 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(
             f"warmup_steps={training.warmup_steps} is not shorter than the run (max_steps={training.max_steps})"
         )
+    try:
+        check_schedule(training.lr_scheduler_type, training.lr_scheduler_kwargs)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if data.streaming and training.dataloader_num_workers > 0:
         raise ConfigError(
             f"streaming=true reads each process's stream in that process, so that a checkpoint records exactly where "

@@ -1,6 +1,7 @@
 """GPTTrainer: transformers' Trainer with the few overrides pre-training GPT-2 needs.
 
-- weight decay on exactly the 2-D tensors (matmuls and embeddings), as nanoGPT / llm.c do;
+- the optimizer and schedule of recipe.optimization: weight decay on exactly the 2-D tensors (matmuls and
+  embeddings), as nanoGPT / llm.c do; the GPT-2 reproductions' schedule by name, beside transformers' own;
 - a guard at every optimizer step, before the optimizer applies it: a non-finite loss or gradient stops the run
   (or skips that batch), and so does a gradient norm of exactly zero (no gradient reached the parameters: the run
   would train nothing), so nothing of that step is applied or saved;
@@ -39,6 +40,7 @@ from .checkpoints import (
 from .curves import plot_runs
 from .errors import DataError, TrainingStopped
 from .flops import model_flops_per_token, peak_flops
+from .optimization import SCHEDULES, create_schedule, decay_parameter_names
 from .scoring import loss_metrics, next_token_sums, process_share
 from .stream import BlockStream
 from .tokenization import token_byte_counts
@@ -67,8 +69,18 @@ class GPTTrainer(Trainer):
     # -- optimisation ----------------------------------------------------------------------------------------
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        """Decay every 2-D tensor (matmul weights, embeddings); never biases or LayerNorm gains."""
-        return [name for name, parameter in model.named_parameters() if parameter.dim() >= 2]
+        return decay_parameter_names(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The recipe's schedules by name (recipe.optimization.SCHEDULES); transformers' through Trainer."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type in SCHEDULES:
+            self.lr_scheduler = create_schedule(
+                self.args.lr_scheduler_type, optimizer or self.optimizer,
+                warmup_steps=self.args.get_warmup_steps(num_training_steps), max_steps=num_training_steps,
+                lr_scheduler_kwargs=self.args.lr_scheduler_kwargs,
+            )
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if isinstance(self.train_dataset, BlockStream):

@@ -1,6 +1,7 @@
 """Helpers the tests share: tiny configs, twin models, a real tiny training run, loading in a fresh Python."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -154,6 +155,20 @@ def train_tiny_run(output_dir: Path) -> None:
     trainer.save_state()
     trainer.save_metrics("train", result.metrics)
     trainer.save_metrics("eval", trainer.final_metrics())
+
+
+def build_nanogpt_get_lr(it: int, max_lr: float, warmup_steps: int, max_steps: int, min_lr_rate: float) -> float:
+    """The reference the recipe's gpt2_cosine is checked against: build-nanogpt's `get_lr` (karpathy/build-nanogpt,
+    train_gpt2.py), the same arithmetic in the same order; llm.c's llmc/schedulers.h computes it too (in float32)."""
+    min_lr = max_lr * min_lr_rate
+    if it < warmup_steps:
+        return max_lr * (it + 1) / warmup_steps
+    if it > max_steps:
+        return min_lr
+    decay_ratio = (it - warmup_steps) / (max_steps - warmup_steps)
+    assert 0 <= decay_ratio <= 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (max_lr - min_lr)
 
 
 def load_in_fresh_python(checkpoint: Path, prompt: str) -> dict:

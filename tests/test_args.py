@@ -51,6 +51,14 @@ BAD_CONFIGS = {
     "negative learning rate": ({}, ["--learning_rate=-1e-3"], "learning_rate=-0.001 must be positive"),
     "zero batch": ({"per_device_train_batch_size": 0}, [], "per_device_train_batch_size=0 must be positive"),
     "warm-up longer than the run": ({"warmup_steps": 50, "max_steps": 50}, [], "warmup_steps=50 is not shorter than the run (max_steps=50)"),
+    "unknown schedule": ({"lr_scheduler_type": "gpt2_cosin"}, [], "lr_scheduler_type='gpt2_cosin' is not a schedule: "
+                         "the recipe's are ['gpt2_cosine'], transformers' ['linear', "),
+    "schedule kwargs the schedule does not take": (
+        {"lr_scheduler_type": "linear"}, [], "lr_scheduler_kwargs has ['min_lr_rate'], which lr_scheduler_type=linear "
+        "does not take (it takes []): set lr_scheduler_kwargs to what it takes, or {}"
+    ),
+    "a floor above the peak": ({"lr_scheduler_kwargs": {"min_lr_rate": 2}}, [],
+                               "lr_scheduler_kwargs min_lr_rate=2 must be a number in [0, 1]"),
     "bf16 without a GPU": ({"bf16": True}, [], "bf16=true needs a GPU with bfloat16 support"),
     "no data": ({"train_files": None}, [], "no training data"),
     "HellaSwag file missing": ({"hellaswag_steps": 10, "hellaswag_file": "nowhere.jsonl"}, [],

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
-from helpers import REPO_ROOT, SCRIPTS, load_in_fresh_python, tiny_config
+from helpers import REPO_ROOT, SCRIPTS, build_nanogpt_get_lr, load_in_fresh_python, tiny_config
 from recipe.args import parse_settings
 from recipe.modeling_gpt import GPTForCausalLM
 from recipe.evaluate import main as evaluate_main
@@ -32,6 +33,8 @@ def test_tiny_run_learns_and_its_output_loads_anywhere(tmp_path, capsys):
     assert eval_losses[-1] < eval_losses[0]
     logged = next(entry for entry in history if "tokens_per_second" in entry)
     assert {"learning_rate", "grad_norm", "num_input_tokens_seen", "eta_seconds"} <= set(logged)
+    rates = {entry["step"]: entry["learning_rate"] for entry in history if "learning_rate" in entry}
+    assert rates == {step: build_nanogpt_get_lr(step - 1, 3e-3, 5, 30, 0.1) for step in range(5, 31, 5)}
     assert any("eval_perplexity" in entry for entry in history)
     assert "sample at step 15: 'To be, or not to be" in capsys.readouterr().out
 
@@ -102,30 +105,58 @@ def test_resuming_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
         assert torch.equal(expected[name], actual[name]), name
 
 
+class AppliedRates(TrainerCallback):
+    """The rate of every parameter group just before each optimizer step: the rates its update uses."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.rates.append([group["lr"] for group in optimizer.param_groups])
+
+
 def test_only_2d_tensors_are_decayed_and_the_schedule_is_gpt2s(tmp_path):
-    settings = parse_settings(tiny_config(tmp_path, max_steps=100, warmup_steps=10, learning_rate=6e-4), [])
+    """A run of 4 steps: build-nanogpt's rate at every step (step 0 at peak / warm-up), each step's logged
+    learning_rate is the one its update used, AdamW's groups decay exactly the 2-D tensors. (The 30 steps of
+    test_tiny_run_learns_and_its_output_loads_anywhere check the logged rates of a longer run.)"""
+    settings = parse_settings(tiny_config(tmp_path, max_steps=4, warmup_steps=2, learning_rate=6e-4, logging_steps=1,
+                                          eval_strategy="no", save_strategy="no", sample_max_new_tokens=0), [])
     trainer = train_for_inspection(settings)
-    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    applied = AppliedRates()
+    trainer.add_callback(applied)
+    trainer.train()
+    expected = [build_nanogpt_get_lr(step, 6e-4, 2, 4, 0.1) for step in range(4)]
+    assert [rates[0] for rates in applied.rates] == expected
+    assert all(len(set(rates)) == 1 for rates in applied.rates)  # every group at the one rate
+    logged = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert logged == expected  # the log of step N shows the rate of its own update, not the next one's
+
     decayed = {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] == 0.1
                for p in group["params"]}
     not_decayed = {id(p) for group in trainer.optimizer.param_groups if group["weight_decay"] == 0.0
                    for p in group["params"]}
-    parameters = list(trainer.model.parameters())
+    parameters = list(trainer.model.parameters())  # the tied embedding and LM head: one tensor, listed once
     assert decayed == {id(p) for p in parameters if p.dim() == 2}
     assert not_decayed == {id(p) for p in parameters if p.dim() < 2}
+    assert sum(len(group["params"]) for group in trainer.optimizer.param_groups) == len(parameters)
     group = trainer.optimizer.param_groups[0]
     assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-8 and group.get("fused")
 
+
+def test_a_transformers_schedule_still_works_by_name(tmp_path):
+    settings = parse_settings(tiny_config(tmp_path, max_steps=100, warmup_steps=10, learning_rate=6e-4,
+                                          lr_scheduler_type="cosine_with_min_lr"), [])
+    trainer = train_for_inspection(settings)
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
     rates = []
-    for _ in range(100):
+    for _ in range(101):
         rates.append(trainer.lr_scheduler.get_last_lr()[0])
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
-    rates.append(trainer.lr_scheduler.get_last_lr()[0])
-    assert max(rates) == pytest.approx(6e-4) and rates.index(max(rates)) == 10  # peak at the end of warm-up
-    assert rates[5] == pytest.approx(3e-4)  # linear warm-up
-    assert rates[-1] == pytest.approx(6e-5)  # cosine down to 10% of the peak
-    assert all(later <= earlier + 1e-12 for earlier, later in zip(rates[10:], rates[11:]))
+    assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)  # transformers' own
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(3e-4)  # its warm-up: step / warmup_steps
+    assert max(rates) == pytest.approx(6e-4) and rates.index(max(rates)) == 10
+    assert rates[-1] == pytest.approx(6e-5)
 
 
 def train_for_inspection(settings):
