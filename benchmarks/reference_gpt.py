@@ -4,7 +4,9 @@ No transformers, no masks, no cache, no output classes: token + position embeddi
 fused q/k/v matmul and `F.scaled_dot_product_attention(is_causal=True)`, a GELU(tanh) MLP, a final LayerNorm and
 an LM head tied to the embedding over the vocabulary padded to 50,304 rows, trained with `F.cross_entropy` on those
 padded logits. That is the shape of nanoGPT's model.py (Karpathy, MIT), written here for the benchmarks; the
-recipe's model must be at least as fast as this, inside Trainer.
+recipe's model must be at least as fast as this, inside Trainer. With `vocab_size` the padding columns are kept out
+of the softmax, as llm.c and the recipe do (build-nanogpt's softmax runs over all 50,304): the exact-replay test
+(tests/test_replay.py) trains it against the recipe.
 """
 
 import math
@@ -43,8 +45,9 @@ class Block(nn.Module):
 
 class ReferenceGPT(nn.Module):
     def __init__(self, n_layer: int = 12, n_embd: int = 768, n_head: int = 12, n_positions: int = 1024,
-                 padded_vocab_size: int = 50304):
+                 padded_vocab_size: int = 50304, vocab_size: int | None = None):
         super().__init__()
+        self.vocab_size = vocab_size  # None: the loss runs over every padded column, as nanoGPT's
         self.token_embedding = nn.Embedding(padded_vocab_size, n_embd)
         self.position_embedding = nn.Embedding(n_positions, n_embd)
         self.blocks = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
@@ -65,5 +68,7 @@ class ReferenceGPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.final_norm(x))  # (B, T, V_padded)
+        if self.vocab_size is not None:
+            logits = logits[..., : self.vocab_size]  # (B, T, V): the padding columns are not tokens
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): token t predicts token t + 1
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
