@@ -210,7 +210,9 @@ def model_card(run_dir: str | Path, repo_id: str | None = None) -> str:
     sections += [
         "## How to use",
         "The model's code ships in this repository (`configuration_gpt.py`, `modeling_gpt.py`); "
-        "`trust_remote_code=True` runs it.",
+        "`trust_remote_code=True` runs it. `AutoTokenizer` needs the flag too, although the tokenizer is GPT-2's own "
+        "`GPT2Tokenizer`: transformers reads the model's `config.json` first, and without the flag asks whether to run "
+        "the code. `GPT2Tokenizer.from_pretrained` loads the tokenizer without it.",
         f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 

@@ -17,7 +17,7 @@ from transformers import GPT2LMHeadModel  # noqa: E402
 
 import datasets  # noqa: E402
 
-from helpers import scene_texts, tiny_gpt2_config  # noqa: E402
+from helpers import scene_texts, tiny_gpt2_config, train_tiny_run  # noqa: E402
 from recipe.tokenization import gpt2_tokenizer  # noqa: E402
 
 
@@ -29,6 +29,15 @@ def openai_gpt2_dir(tmp_path_factory) -> Path:
     GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(directory)
     gpt2_tokenizer().save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny training run (helpers.train_tiny_run), trained once for the whole session. Read it only:
+    a test that writes into a run works on a copy (shutil.copytree)."""
+    run_dir = tmp_path_factory.mktemp("tiny-run") / "run"
+    train_tiny_run(run_dir)
+    return run_dir
 
 
 @pytest.fixture

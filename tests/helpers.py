@@ -171,15 +171,21 @@ def build_nanogpt_get_lr(it: int, max_lr: float, warmup_steps: int, max_steps: i
     return min_lr + coeff * (max_lr - min_lr)
 
 
-def load_in_fresh_python(checkpoint: Path, prompt: str) -> dict:
-    """Run scripts/load_without_recipe.py on a checkpoint; its JSON report."""
+def load_in_fresh_python(prompt: str, *checkpoints: Path) -> list[dict]:
+    """Run scripts/load_without_recipe.py on checkpoints in one fresh Python, standard input closed; a report per
+    checkpoint. A prompt, a warning or a log warning from any of its loading calls fails the test."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
-        [sys.executable, str(SCRIPTS / "load_without_recipe.py"), str(checkpoint), prompt],
-        cwd=checkpoint.parent, env=environment, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(SCRIPTS / "load_without_recipe.py"), prompt, *map(str, checkpoints)],
+        cwd=checkpoints[0].parent, env=environment, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not report["recipe_imported"]
+    for loaded in report["loads"]:
+        assert loaded["noise"] == [], loaded
+    return report["loads"]
 
 
 def launch(script: str, dump_dir, config, processes: int = 1) -> None:

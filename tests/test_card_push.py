@@ -1,6 +1,7 @@
 """recipe.card and recipe.push on a real (tiny) training run; every Hub call is intercepted."""
 
 import json
+import shutil
 
 import pytest
 from huggingface_hub import HfApi, metadata_load, metadata_save
@@ -10,7 +11,7 @@ from recipe.card import tokens_per_step, write_model_card
 from recipe.evaluate import main as evaluate_main
 from recipe.curves import plot_runs
 from recipe.push import main
-from helpers import TINY_RUN_SETTINGS as SETTINGS, train_tiny_run
+from helpers import TINY_RUN_SETTINGS as SETTINGS
 
 REPO_ID = "someone/tiny-gpt"
 HELLASWAG_EXAMPLES = [
@@ -24,10 +25,10 @@ RUN_FILES = {"README.md", "loss.png", "run_config.json", "trainer_state.json", "
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tiny_run, tmp_path_factory):
     """A finished run, evaluated on a few HellaSwag examples with recipe.evaluate."""
     root = tmp_path_factory.mktemp("card")
-    train_tiny_run(root / "run")
+    shutil.copytree(tiny_run, root / "run")
     data = root / "hellaswag.jsonl"
     data.write_text("".join(json.dumps(example) + "\n" for example in HELLASWAG_EXAMPLES))
     assert evaluate_main([str(root / "run"), "--task", "hellaswag", "--data", str(data)]) == 0
@@ -64,6 +65,7 @@ def test_card_reports_data_hyperparameters_metrics_and_usage(run_dir):
     assert f"| tokens seen | {state['num_input_tokens_seen']:,} |" in card
     assert f"| optimizer steps | {state['global_step']} |" in card
     assert f'AutoModelForCausalLM.from_pretrained("{REPO_ID}", trust_remote_code=True)' in card
+    assert f'AutoTokenizer.from_pretrained("{REPO_ID}", trust_remote_code=True)' in card  # test_remote_code's calls
     assert f'pipeline("text-generation", model="{REPO_ID}", trust_remote_code=True)' in card
     assert "loss.png" not in card
 

@@ -8,16 +8,14 @@ import pytest
 
 from recipe.curves import plot_runs, read_log_history
 from recipe.plot import main, parse_reference
-from helpers import TINY_RUN_SETTINGS as SETTINGS, train_tiny_run
+from helpers import TINY_RUN_SETTINGS as SETTINGS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("plot") / "run"
-    train_tiny_run(run_dir)
-    return run_dir
+def run_dir(tiny_run, tmp_path_factory):
+    return shutil.copytree(tiny_run, tmp_path_factory.mktemp("plot") / "run")
 
 
 def _assert_valid_png(path):
