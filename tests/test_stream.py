@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 from helpers import launch, one_error_line, recorded, tiny_config
 from recipe.args import DataArguments, parse_settings
 from recipe.errors import ConfigError
+from recipe import GPTConfig, GPTForCausalLM
 from recipe.pipeline import prepare_datasets, stream_datasets
-from recipe.tokenization import GPT2_EOT_ID, gpt2_encoding, load_tokenizer
+from recipe.scoring import evaluate_perplexity
+from recipe.tokenization import GPT2_EOT_ID, gpt2_encoding, load_tokenizer, token_byte_counts
 from recipe.train import main as train_main
 
 pytestmark = pytest.mark.usefixtures("datasets_cache")  # a fresh datasets cache for every test
@@ -94,12 +96,23 @@ def test_two_processes_stream_disjoint_documents_and_resume_each_stream_exactly(
     (tmp_path / "validation.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in documents[160:]))
     encoding = gpt2_encoding()
     block_ids = {(*encoding.encode_ordinary(text), GPT2_EOT_ID): number for number, text in enumerate(documents)}
+    # One validation block for two processes: each reads its own share of the streamed split (one gets none), and
+    # the evaluation is that of one process.
     run = dict(train_files=[str(tmp_path / "train.jsonl")], validation_files=[str(tmp_path / "validation.jsonl")],
                streaming=True, block_size=32, model_config={"n_layer": 1, "n_embd": 32, "n_head": 4, "n_positions": 32},
-               per_device_train_batch_size=2, max_steps=6, save_steps=3, warmup_steps=1, eval_strategy="no",
-               sample_max_new_tokens=0, max_eval_samples=None)
-    launch("train_and_record.py", tmp_path / "whole-record", tiny_config(tmp_path, "whole", **run), processes=2)
+               per_device_train_batch_size=2, max_steps=6, save_steps=3, warmup_steps=1, eval_steps=3,
+               sample_max_new_tokens=0, max_eval_samples=1)
+    whole_config = tiny_config(tmp_path, "whole", **run)
+    launch("train_and_record.py", tmp_path / "whole-record", whole_config, processes=2)
     whole = [recorded(tmp_path / "whole-record", rank) for rank in (0, 1)]
+    evaluated = json.loads((tmp_path / "whole" / "eval_results.json").read_text())
+    model = GPTForCausalLM(GPTConfig(**run["model_config"], make_vocab_size_divisible_by=64))
+    model.load_state_dict(load_file(tmp_path / "whole-record" / "rank0.safetensors"), strict=False)
+    validation = prepare_datasets(replace(parse_settings(whole_config, []).data, streaming=False), load_tokenizer())
+    alone = evaluate_perplexity(model.eval(), validation["validation"], token_byte_counts(load_tokenizer()))
+    assert alone["n"] == 1
+    assert evaluated["eval_loss"] == pytest.approx(alone["loss"], rel=1e-6)
+    assert evaluated["eval_bpb"] == pytest.approx(alone["bpb"], rel=1e-6)
 
     trained = [documents_by_step(record, block_ids) for record in whole]
     for rank in (0, 1):
