@@ -67,17 +67,16 @@ BUILD_NANOGPT_EVAL_BLOCKS = 20 * 64
 def describe_validation(config: dict) -> str:
     """What a run (its flat settings, as in run_config.json) scores at each evaluation, in one line."""
     limit = config.get("max_eval_samples")
-    first = f"the first {limit:,} blocks of " if limit else "all blocks of "
+    which = f"its first {limit:,} blocks" if limit else "all its blocks"
     if config.get("validation_tokens"):
         held_out = (f"the first {config['validation_tokens']:,} tokens of the training documents (an end-of-text "
-                    f"token before each document; the documents they come from are not trained on)")
+                    f"token before each document; those documents are not trained on)")
         tokenizer = config.get("tokenizer_name") or "gpt2"
         gpt2_bpe = tokenizer.split("/")[-1].startswith("gpt2") and not config.get("train_tokenizer_vocab_size")
         if gpt2_bpe and all(config.get(key) == value for key, value in BUILD_NANOGPT_VALIDATION.items()):
-            held_out += ": build-nanogpt's FineWeb-Edu validation shard"
+            held_out = f"build-nanogpt's FineWeb-Edu validation shard, {held_out}"
             if limit == BUILD_NANOGPT_EVAL_BLOCKS:
-                first = (f"the first {limit:,} blocks (its training loop's 20 x 64 x 1,024 tokens, where OpenAI's GPT-2 "
-                         f"124M scores 3.2924) of ")
+                which += " (the 20 x 64 x 1,024 tokens its loop scores, where OpenAI's GPT-2 124M scores 3.2924)"
     elif config.get("validation_files"):
         held_out = "validation_files " + ", ".join(config["validation_files"])
     elif config.get("validation_documents"):
@@ -85,7 +84,7 @@ def describe_validation(config: dict) -> str:
     else:
         held_out = (f"the validation split of {config.get('dataset_name')}, or else the first "
                     f"{config.get('validation_split_percentage', 5)}% of the training documents")
-    return first + held_out + ", every token after the first predicted once"
+    return f"{held_out}: {which}, every token after the first predicted once"
 
 
 def run_plan(settings, model) -> dict:

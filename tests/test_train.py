@@ -184,6 +184,10 @@ def test_gpt2_124m_config_passes_the_dry_run(capsys):
     assert plan["tokens_per_step"] == 524_288
     assert plan["steps"] == 19_073 and plan["total_tokens"] == 19_073 * 524_288
     assert plan["estimate"].endswith("on 8 x H100 at 40% MFU")
+    # Its evaluations score build-nanogpt's validation tokens, where GPT-2 124M's loss is 3.2924.
+    assert plan["validation"].startswith("build-nanogpt's FineWeb-Edu validation shard, the first 100,000,000 tokens "
+                                         "of the training documents")
+    assert "its first 1,280 blocks (the 20 x 64 x 1,024 tokens its loop scores" in plan["validation"]
 
 
 def test_push_to_hub_uploads_weights_config_code_tokenizer_and_card_in_one_commit(tmp_path, monkeypatch):
