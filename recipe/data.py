@@ -16,11 +16,10 @@ from .errors import ConfigError, DataError, RecipeError
 from .pipeline import (
     collate_blocks,
     group_into_blocks,
-    load_documents,
     load_or_train_tokenizer,
     prepare_datasets,
     summarize,
-    tokenize_documents,
+    tokenized_splits,
 )
 from .prepared import dry_run, prepare_blocks
 
@@ -56,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         elif data_args.prepared_dir is not None:
             summary = prepare_blocks(data_args, tokenizer)
         else:
-            tokenized = tokenize_documents(load_documents(data_args), tokenizer, data_args)
-            summary = summarize(tokenized, group_into_blocks(tokenized, data_args))
+            tokenized = tokenized_splits(data_args, tokenizer)
+            summary = summarize(tokenized, group_into_blocks(tokenized, data_args, tokenizer.eos_token_id))
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -435,11 +435,17 @@ def prepare_datasets(data_args: "DataArguments", tokenizer: PreTrainedTokenizerB
     """`train` and `validation` splits of `block_size` blocks (`input_ids`, and for validation `next_token`). Cached: a
     second run of the same config reads the cache. With `streaming`, lazy IterableDatasets built by the same
     functions."""
+    return group_into_blocks(tokenized_splits(data_args, tokenizer), data_args, tokenizer.eos_token_id)
+
+
+def tokenized_splits(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase):
+    """The first map over the loaded documents: `train` and `validation` tokenized documents (validation_tokens
+    holds out its documents once they are tokenized, since it counts tokens)."""
     tokenized = tokenize_documents(load_documents(data_args), tokenizer, data_args)
-    if data_args.validation_tokens is not None:  # the hold-out is counted in tokens: cut after tokenizing
+    if data_args.validation_tokens is not None:
         tokenized["train"], tokenized["validation"] = split_validation_tokens(tokenized["train"],
                                                                               data_args.validation_tokens)
-    return group_into_blocks(tokenized, data_args, tokenizer.eos_token_id)
+    return tokenized
 
 
 def validation_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> Dataset:

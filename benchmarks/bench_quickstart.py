@@ -1,0 +1,106 @@
+"""The quick start's cost and quality: candidate configs trained with the real command, side by side.
+
+    python benchmarks/bench_quickstart.py                       # every candidate below, one after the other
+    python benchmarks/bench_quickstart.py --only shipped 3x96   # some of them
+
+Each candidate is `configs/shakespeare.json` with some keys changed, run as a user runs it (`python recipe/train.py`,
+a fresh output directory and datasets cache, so the BPE is trained and the corpus tokenized as on a first run). It
+reports the training compute (FLOPs per token, 6N + attention, times the tokens trained on: the figure compared
+with nanoGPT's CPU run, 8.0 TFLOP), the validation bits per byte over all the held-out documents (every byte's
+token predicted once), the wall time of the whole command, the time of the training steps (Trainer's runtime less
+its evaluations), their tokens/s, and the rest: imports, BPE, tokenization, evaluation, saving.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import print_report
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "shakespeare.json"
+
+# name -> settings that differ from configs/shakespeare.json; every candidate is evaluated once, at the end, on all
+# the held-out documents, and saves once, at the end.
+def candidate(steps: int, **settings) -> dict:
+    return {"max_steps": steps, "eval_steps": steps, "save_steps": steps, "max_eval_samples": None, **settings}
+
+
+def shape(layers: int, width: int, heads: int, context: int = 64) -> dict:
+    return {"model_config": {"n_layer": layers, "n_embd": width, "n_head": heads, "n_positions": context},
+            "block_size": context}
+
+
+CANDIDATES = {
+    "shipped": {},
+    "4x128, 289 steps": candidate(289),
+    "4x96, 467 steps": candidate(467, **shape(4, 96, 4)),
+    "4x96, T128, 436 steps": candidate(436, **shape(4, 96, 4, 128), per_device_train_batch_size=32),
+    "3x96, T128, 534 steps": candidate(534, **shape(3, 96, 3, 128), per_device_train_batch_size=32),
+    "4x96, BPE 1024, 544 steps": candidate(544, **shape(4, 96, 4), train_tokenizer_vocab_size=1024),
+}
+
+
+def run(name: str, overrides: dict, workdir: Path, threads: int | None) -> dict:
+    slug = "".join(char if char.isalnum() else "-" for char in name)
+    config = {**json.loads(CONFIG.read_text()), **overrides, "output_dir": str(workdir / slug), "report_to": "none"}
+    config = {key: value for key, value in config.items() if value is not None}
+    config_file = workdir / f"{slug}.json"
+    config_file.write_text(json.dumps(config))
+    environment = {**os.environ, "HF_DATASETS_CACHE": str(workdir / f"{slug}-cache")}
+    if threads:
+        environment["OMP_NUM_THREADS"] = str(threads)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "recipe/train.py", str(config_file)], cwd=REPO, env=environment,
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed: {result.stderr[-2000:]}")
+    plan = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"data"')))
+    output = workdir / slug
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    final = json.loads((output / "eval_results.json").read_text())
+    train_runtime = json.loads((output / "train_results.json").read_text())["train_runtime"]
+    evaluating = sum(entry.get("eval_runtime", 0.0) for entry in history)
+    training = train_runtime - evaluating
+    tokens = plan["total_tokens"]
+    shutil.rmtree(workdir / f"{slug}-cache", ignore_errors=True)
+    return {
+        "candidate": name,
+        "settings": ", ".join(f"{key}={value}" for key, value in overrides.items()) or "as shipped",
+        "parameters": f"{plan['parameters']:,}",
+        "tokens": f"{tokens:,}",
+        "TFLOP": f"{plan['flops_per_token'] * tokens / 1e12:.2f}",
+        "eval bpb": f"{final['eval_bpb']:.3f}",
+        "eval loss": f"{final['eval_loss']:.3f}",
+        "wall s": f"{wall:.0f}",
+        "training steps s": f"{training:.0f}",
+        "tokens/s": f"{tokens / training:,.0f}",
+        "rest s": f"{wall - training:.1f}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", choices=list(CANDIDATES), help="these candidates only")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each run (default: the machine's)")
+    args = parser.parse_args()
+    names = args.only or list(CANDIDATES)
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = []
+        for name in names:
+            rows.append(run(name, CANDIDATES[name], Path(workdir), args.threads))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print_report("The quick start: candidates for configs/shakespeare.json", None,
+                 "Validation bits per byte over all the held-out documents; compute = FLOPs per token x tokens trained.",
+                 rows)
+
+
+if __name__ == "__main__":
+    main()
