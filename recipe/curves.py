@@ -76,7 +76,7 @@ def _run_labels(run_dirs: list[Path]) -> list[str]:
 def plot_runs(run_dirs: list[str | Path], output: str | Path,
               references: list[tuple[float, str]] = ()) -> dict[str, dict[str, Curve]]:
     """Write a PNG of the runs' curves overlaid, with horizontal (loss, label) reference lines; return what was
-    plotted: run label -> curve name -> (x, y)."""
+    plotted: run label -> curve name -> (x, y), a baseline's horizontal line as ([], [its value])."""
     run_dirs = [Path(path) for path in run_dirs]
     histories = [read_log_history(path) for path in run_dirs]
     logs_tokens = all(
@@ -104,8 +104,10 @@ def plot_runs(run_dirs: list[str | Path], output: str | Path,
             name = f"{baseline['model']} on {label}'s validation"
             if with_bpb and "bpb" in baseline:
                 axes["bpb"].axhline(baseline["bpb"], color=color, linestyle=":", linewidth=1.5, label=name)
+                run_curves["baseline bits per byte"] = ([], [baseline["bpb"]])
             if baseline.get("same_tokenizer"):
                 axes["loss"].axhline(baseline["loss"], color=color, linestyle=":", linewidth=1.5, label=name)
+                run_curves["baseline loss"] = ([], [baseline["loss"]])
     loss_axes = axes["loss"]
     for loss, label in references:
         loss_axes.axhline(loss, color="gray", linestyle=":", linewidth=1.5, label=label)

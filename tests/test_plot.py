@@ -46,6 +46,8 @@ def test_plot_writes_a_png_of_the_logged_curves(run_dir, tmp_path):
     assert plotted["run"]["train loss"] == (tokens, [entry["loss"] for entry in train])
     assert plotted["run"]["eval loss"] == ([entry["num_input_tokens_seen"] for entry in evals],
                                            [entry["eval_loss"] for entry in evals])
+    assert plotted["run"]["eval bits per byte"] == ([entry["num_input_tokens_seen"] for entry in evals],
+                                                    [entry["eval_bpb"] for entry in evals])
     assert plotted["run"]["learning rate"] == (tokens, [entry["learning_rate"] for entry in train])
     # tokens/s is measured between two training logs: from the second one on, never mixed with Trainer's average
     timed = [entry for entry in train if "tokens_per_second" in entry]
@@ -71,6 +73,19 @@ def test_cli_overlays_runs_with_references_and_writes_next_to_the_first(run_dir,
     assert plotted["b"]["train loss"][1] == [loss / 2 for loss in plotted["a"]["train loss"][1]]
     assert parse_reference("3.2924:GPT-2 124M") == (3.2924, "GPT-2 124M")
     assert parse_reference("4") == (4.0, "4")
+
+
+def test_a_runs_baseline_is_a_line_beside_its_bits_per_byte(run_dir, tmp_path):
+    """recipe.evaluate's baseline (another model on the run's validation documents): its bits per byte always, its
+    loss only in the same tokens."""
+    _copy_state(run_dir, tmp_path / "run")
+    baseline = {"model": "gpt2", "same_tokenizer": False, "task": "perplexity", "n": 4, "loss": 3.3, "bpb": 1.2}
+    (tmp_path / "run" / "baseline_perplexity.json").write_text(json.dumps(baseline))
+    plotted = plot_runs([tmp_path / "run"], tmp_path / "loss.png")["run"]
+    assert plotted["baseline bits per byte"] == ([], [1.2]) and "baseline loss" not in plotted
+    (tmp_path / "run" / "baseline_perplexity.json").write_text(json.dumps({**baseline, "same_tokenizer": True}))
+    assert plot_runs([tmp_path / "run"], tmp_path / "loss.png")["run"]["baseline loss"] == ([], [3.3])
+    _assert_valid_png(tmp_path / "loss.png")
 
 
 def test_a_run_in_progress_is_read_from_its_latest_checkpoint(run_dir, tmp_path):
