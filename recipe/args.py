@@ -251,6 +251,20 @@ class RecipeTrainingArguments(TrainingArguments):
         default="stop",
         metadata={"help": "A NaN/inf loss stops the run (stop) or its batch is skipped (skip). Never saved."},
     )
+    spike_guard: Literal["off", "skip", "stop"] = field(
+        default="off",
+        metadata={"help": "A step whose loss or gradient norm is more than spike_zscore standard deviations above the "
+                          "mean of the last spike_window steps is skipped (skip: not applied, the schedule does not "
+                          "advance, counted in the logs) or stops the run (stop). As llm.c's -sl / -sg."},
+    )
+    spike_zscore: float = field(
+        default=7.0, metadata={"help": "The z-score above which a step is a spike (llm.c's GPT-3 125M run: 7.0)."}
+    )
+    spike_window: int = field(
+        default=128,
+        metadata={"help": "Steps of history a step is scored against; the first spike_window steps are never scored "
+                          "(llm.c: 128)."},
+    )
 
     def __post_init__(self):
         if self.use_cpu is None:  # Trainer needs it set to run data parallel on CPU-only machines
@@ -382,14 +396,12 @@ def _matches(value, annotation) -> bool:
     return True  # anything richer (e.g. accelerator configs) is checked by the dataclass itself
 
 
-def _is_scalar(annotation) -> bool:
-    """A type that argparse can build from one string (numbers, booleans, strings, choices)."""
+def _is_number(annotation) -> bool:
+    """A type of numbers or booleans (or None) that argparse builds from one string, e.g. "1e-3" for a float; it
+    names the key and value when it cannot. Strings and choices are checked as they are."""
     options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
-    return all(
-        option in (int, float, bool, str, type(None))
-        or typing.get_origin(option) is Literal
-        or (isinstance(option, type) and issubclass(option, Enum))
-        for option in options
+    return any(option in (int, float, bool) for option in options) and all(
+        option in (int, float, bool, type(None)) for option in options
     )
 
 
@@ -409,7 +421,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown} (not a model, data or training setting)")
     for key, value in raw.items():
-        if isinstance(value, str) and _is_scalar(field_types[key]):
+        if isinstance(value, str) and _is_number(field_types[key]):
             continue  # argparse converts "1e-3" to a float, or names the key and value if it cannot
         if not _matches(value, field_types[key]):
             raise ConfigError(f"{path}: {key}={value!r} has the wrong type (expected {field_types[key]})")
@@ -524,9 +536,14 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(
             f"streaming=true needs max_steps > 0 (a stream has no length to count epochs), got {training.max_steps}"
         )
+    if not (training.spike_zscore > 0 and math.isfinite(training.spike_zscore)):
+        raise ConfigError(f"spike_zscore={training.spike_zscore} must be a positive number of standard deviations")
+    if training.spike_window < 2:
+        raise ConfigError(f"spike_window={training.spike_window} must be at least 2 steps (one has no spread)")
     uses_deepspeed = bool(training.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if training.nonfinite_loss == "skip" and uses_deepspeed:
-        raise ConfigError('nonfinite_loss="skip" does not work with DeepSpeed, which steps inside its backward; use "stop"')
+    for key in ("nonfinite_loss", "spike_guard"):
+        if getattr(training, key) == "skip" and uses_deepspeed:
+            raise ConfigError(f'{key}="skip" does not work with DeepSpeed, which steps inside its backward; use "stop"')
     if training.hellaswag_steps > 0 and not training.hellaswag_file:
         raise ConfigError(f"hellaswag_steps={training.hellaswag_steps} needs hellaswag_file (a local jsonl)")
     if training.hellaswag_file and not Path(training.hellaswag_file).is_file():

@@ -33,6 +33,8 @@ CARD_FILE = "README.md"  # the model card (recipe.card)
 BASELINE_FILE = "baseline_perplexity.json"  # another model on the run's validation data (recipe.evaluate)
 # What a checkpoint records of its data, so that a resume reads on from there (recipe.trainer).
 TRAIN_DATA_FILE = "train_data.json"  # the fingerprint of the prepared data the run trains on
+# What a checkpoint records of the step guard (recipe.trainer): the steps skipped, the spike detector's windows.
+STEP_GUARD_FILE = "step_guard.json"
 
 
 def stream_position_file(process_index: int) -> str:

@@ -104,6 +104,9 @@ def train(settings: Settings):
             SampleCallback(tokenizer, training.sample_prompt, training.sample_max_new_tokens),
         ],
         nonfinite_loss=training.nonfinite_loss,
+        spike_guard=training.spike_guard,
+        spike_zscore=training.spike_zscore,
+        spike_window=training.spike_window,
         peak_tflops=training.peak_tflops,
         data_fingerprint=data_fingerprint,
     )

@@ -3,8 +3,9 @@
 - the optimizer and schedule of recipe.optimization: weight decay on exactly the 2-D tensors (matmuls and
   embeddings), as nanoGPT / llm.c do; the GPT-2 reproductions' schedule by name, beside transformers' own;
 - a guard at every optimizer step, before the optimizer applies it: a non-finite loss or gradient stops the run
-  (or skips that batch), and so does a gradient norm of exactly zero (no gradient reached the parameters: the run
-  would train nothing), so nothing of that step is applied or saved;
+  (or skips that step), and so does a gradient norm of exactly zero (no gradient reached the parameters: the run
+  would train nothing), so nothing of that step is applied or saved; optionally a loss or gradient norm far above
+  its recent history (recipe.spikes) skips the step or stops the run too;
 - evaluation that predicts every validation token once and reports bits per byte beside the loss, each process
   reading its own share of the blocks (streamed ones too; see `evaluation_loop`);
 - throughput (tokens/s), MFU and ETA in the logs;
@@ -16,6 +17,7 @@
 """
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -25,11 +27,13 @@ from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
+from transformers.utils import logging
 
 from .callbacks import PreemptionCallback
 from .card import write_model_card
 from .checkpoints import (
     PLOT_FILE,
+    STEP_GUARD_FILE,
     TRAIN_DATA_FILE,
     checkpoint_name,
     publish_checkpoint,
@@ -42,13 +46,17 @@ from .errors import DataError, TrainingStopped
 from .flops import model_flops_per_token, peak_flops
 from .optimization import SCHEDULES, create_schedule, decay_parameter_names
 from .scoring import loss_metrics, next_token_sums, process_share
+from .spikes import SpikeDetector
 from .stream import BlockStream
 from .tokenization import token_byte_counts
 
+logger = logging.get_logger("recipe")
+
 
 class GPTTrainer(Trainer):
-    def __init__(self, *args, nonfinite_loss: str = "stop", peak_tflops: float | None = None,
-                 data_fingerprint: str | None = None, **kwargs):
+    def __init__(self, *args, nonfinite_loss: str = "stop", spike_guard: str = "off", spike_zscore: float = 7.0,
+                 spike_window: int = 128, peak_tflops: float | None = None, data_fingerprint: str | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.data_fingerprint = data_fingerprint  # of the prepared data trained on; None for other data
         if isinstance(self.train_dataset, BlockStream):
@@ -57,8 +65,13 @@ class GPTTrainer(Trainer):
             (callback for callback in self.callback_handler.callbacks if isinstance(callback, PreemptionCallback)), None
         )
         self.nonfinite_loss = nonfinite_loss
-        self.skipped_batches: list[int] = []
-        self._step_is_finite = None  # device bool, AND-ed over the micro-batches of one optimizer step
+        self.spike_guard = spike_guard
+        self.spike_detector = SpikeDetector(spike_window, spike_zscore) if spike_guard != "off" else None
+        self.skipped_steps: dict[str, list[int]] = {"nonfinite": [], "spike": []}  # the optimizer steps skipped, by cause
+        # This process's part of the optimizer step's loss, on the device, summed over its micro-batches: the number
+        # of non-finite micro-batch losses, and the sum of the losses `training_step` returns (what Trainer logs).
+        self._step_nonfinite_losses = None
+        self._step_loss = None
         self._last_log = None  # (time, tokens seen, step) of the previous training log
         self.seq_len = None  # learnt from the first batch
         self.token_bytes = None  # the UTF-8 bytes of each token id, for bits per byte; from the tokenizer, once
@@ -87,7 +100,10 @@ class GPTTrainer(Trainer):
             self.train_dataset.mark_consumed(len(inputs["input_ids"]))
         loss = super().training_step(model, inputs, num_items_in_batch)
         finite = torch.isfinite(loss)
-        self._step_is_finite = finite if self._step_is_finite is None else self._step_is_finite & finite
+        nonfinite = (~finite).to(torch.float32)
+        first = self._step_loss is None
+        self._step_nonfinite_losses = nonfinite if first else self._step_nonfinite_losses + nonfinite
+        self._step_loss = loss.float() if first else self._step_loss + loss.float()
         if self.nonfinite_loss == "skip":  # a skipped batch adds 0 to the logged loss instead of making it NaN
             loss = torch.where(finite, loss, torch.zeros_like(loss))
         return loss
@@ -100,30 +116,60 @@ class GPTTrainer(Trainer):
         return grad_norm
 
     def _guard_step(self, model, grad_norm) -> None:
-        """The one host sync per optimizer step: were the losses of every micro-batch finite on every process, and
-        is the gradient norm (computed by the clipping, the same on every process) finite and above zero?"""
-        loss_is_finite, self._step_is_finite = self._step_is_finite, None
-        if grad_norm is None:  # DeepSpeed may not report one: only the losses can be checked
-            grad_norm = 1.0
-        norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=loss_is_finite.device)
-        flags = torch.stack([loss_is_finite, torch.isfinite(norm), norm > 0]).to(torch.int32)  # (3,)
+        """The one host sync per optimizer step: were the losses of every micro-batch finite on every process, is the
+        gradient norm (computed by the clipping) finite and above zero, and are the step's loss and gradient norm
+        far above their recent history?
+
+        The step's loss is the one Trainer logs: `training_step` returns each micro-batch's loss already divided by
+        the step's target tokens (`num_items_in_batch`, over every process) and multiplied by the number of
+        processes, and Trainer logs their sum over micro-batches, averaged over processes. Here that is one SUM
+        all-reduce of [non-finite micro-batches, loss sum, gradient norm], divided by the processes where a mean is
+        meant, so every process decides from the same numbers."""
+        nonfinite_losses, loss = self._step_nonfinite_losses, self._step_loss
+        self._step_nonfinite_losses = self._step_loss = None
+        norm_reported = grad_norm is not None  # DeepSpeed may not report one: only the losses can be checked
+        norm = torch.as_tensor(grad_norm if norm_reported else 1.0, dtype=torch.float32, device=loss.device)
+        sums = torch.stack([nonfinite_losses, loss, norm.reshape(())])  # (3,)
+        processes = 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
-        loss_is_finite, norm_is_finite, gradient_reached = flags.tolist()
+            torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+            processes = torch.distributed.get_world_size()
+        nonfinite_losses, loss, norm = sums.tolist()
+        loss, norm = loss / processes, norm / processes
         step = self.state.global_step + 1
-        if not (loss_is_finite and norm_is_finite):
+        if nonfinite_losses or not math.isfinite(norm):
             if self.nonfinite_loss == "skip":
-                # Optimizers leave parameters whose .grad is None untouched (no moment or step-count update either).
-                model.zero_grad(set_to_none=True)
-                self.skipped_batches.append(step)
-                self.log({"skipped_nonfinite_batches": len(self.skipped_batches)})
+                self._skip_step(model, "nonfinite")
                 return
-            self._stop(f"non-finite {'loss' if not loss_is_finite else 'gradient'} at step {step}")
-        if not gradient_reached:
+            self._stop(f"non-finite {'loss' if nonfinite_losses else 'gradient'} at step {step}")
+        if norm == 0:
             self._stop(
                 f"the gradient norm is exactly 0 at step {step}: no gradient reached the parameters, so training "
                 f"would change nothing"
             )
+        if self.spike_detector is None:
+            return
+        spike = self.spike_detector.observe(loss=loss, grad_norm=norm if norm_reported else None)
+        if spike is None:
+            return
+        description = f"{spike.describe(self.spike_detector.window)} (spike_zscore={self.spike_detector.zscore:g})"
+        if self.spike_guard == "stop":
+            self._stop(f"loss spike at step {step}: {description}")
+        if self.is_world_process_zero():
+            logger.warning(f"skipping step {step}: {description}")
+        self._skip_step(model, "spike")
+
+    def _skip_step(self, model, cause: str) -> None:
+        """Leave this optimizer step out as if its batch were not in the data: no gradient applied and the optimizer
+        state untouched (optimizers leave parameters whose .grad is None alone: no moment or step-count update), and
+        the learning-rate schedule does not advance. Trainer's step count and the data still move on.
+
+        Trainer calls `lr_scheduler.step()` right after `optimizer.step()`; stepping back first keeps the learning
+        rate where it was. The recipe's schedules (recipe.optimization) and transformers' (LambdaLR) are functions
+        of `last_epoch` alone, so this is exact."""
+        model.zero_grad(set_to_none=True)
+        self.lr_scheduler.last_epoch -= 1
+        self.skipped_steps[cause].append(self.state.global_step + 1)
 
     def _stop(self, reason: str) -> None:
         """End training before the optimizer step: close what training opened (the progress bar, loggers, signal
@@ -136,7 +182,15 @@ class GPTTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and "learning_rate" in logs:
             self._add_throughput(logs)
+            self._add_skipped_steps(logs)
         super().log(logs, start_time)
+
+    def _add_skipped_steps(self, logs: dict[str, float]) -> None:
+        """Every training log counts the steps skipped so far, for each guard that skips."""
+        if self.nonfinite_loss == "skip":
+            logs["skipped_nonfinite_batches"] = len(self.skipped_steps["nonfinite"])
+        if self.spike_guard == "skip":
+            logs["skipped_spike_steps"] = len(self.skipped_steps["spike"])
 
     def _add_throughput(self, logs: dict[str, float]) -> None:
         now, tokens, step = time.perf_counter(), self.state.num_input_tokens_seen, self.state.global_step
@@ -227,6 +281,7 @@ class GPTTrainer(Trainer):
         try:
             super()._save_checkpoint(model, trial)
             self._save_data_position(staging / checkpoint_name(self.state.global_step))
+            self._save_step_guard(staging / checkpoint_name(self.state.global_step))
         finally:
             self._staging_output_dir = None
         self.accelerator.wait_for_everyone()
@@ -264,7 +319,30 @@ class GPTTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint is not None:
             self._restore_data_position(Path(resume_from_checkpoint))
+            self._restore_step_guard(Path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # -- the step guard's state: which steps were skipped, and the spike detector's windows -------------------------
+
+    def _save_step_guard(self, checkpoint: Path) -> None:
+        """Beside the weights (main process; every process holds the same state, decided from all-reduced values)."""
+        if not self.args.should_save:
+            return
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        detector = self.spike_detector.state_dict() if self.spike_detector is not None else None
+        state = {"skipped_steps": self.skipped_steps, "spike_detector": detector}
+        (checkpoint / STEP_GUARD_FILE).write_text(json.dumps(state) + "\n")
+
+    def _restore_step_guard(self, checkpoint: Path) -> None:
+        """The skipped steps and the detector's windows as they stood at the checkpoint (a checkpoint without them,
+        or of a run with the guard off, starts the detector's windows afresh)."""
+        path = checkpoint / STEP_GUARD_FILE
+        if not path.is_file():
+            return
+        state = json.loads(path.read_text())
+        self.skipped_steps = {cause: list(steps) for cause, steps in state["skipped_steps"].items()}
+        if self.spike_detector is not None and state["spike_detector"] is not None:
+            self.spike_detector.load_state_dict(state["spike_detector"])
 
     def _restore_data_position(self, checkpoint: Path) -> None:
         """Refuse to resume on other data than the checkpoint's; put each process's stream where it stood."""

@@ -66,6 +66,9 @@ BAD_CONFIGS = {
     "both a Hub dataset and files": ({"dataset_name": "some/corpus"}, [], "set dataset_name (a Hub dataset) or "
                                      "train_files (local files), not both"),
     "streaming without a validation set": ({"streaming": True}, [], "streaming=true needs validation_documents"),
+    "spike threshold not positive": ({"spike_zscore": 0}, [], "spike_zscore=0 must be a positive number of standard"),
+    "spike window of one step": ({}, ["--spike_window", "1"], "spike_window=1 must be at least 2 steps"),
+    "unknown spike guard": ({"spike_guard": "warn"}, [], "spike_guard='warn' has the wrong type"),
 }
 
 

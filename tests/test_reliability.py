@@ -1,4 +1,4 @@
-"""Fault injection: kill -9 anywhere, preemption signals, NaN losses, damaged checkpoints, bad configs.
+"""Fault injection: kill -9 anywhere, preemption signals, NaN losses, loss spikes, damaged checkpoints, bad configs.
 
 Every run here is a subprocess of scripts/train_with_faults.py (recipe/train.py's main plus injected faults),
 and every resume is compared with an uninterrupted run of the same config, weight for weight.
@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, damage_file, tiny_config
+from helpers import REPO_ROOT, damage_file, one_error_line, tiny_config
 from recipe.train import main
 
 pytestmark = pytest.mark.slow
@@ -160,6 +161,81 @@ def test_nonfinite_loss_can_skip_its_batch_instead(tmp_path):
     assert all(torch.isfinite(tensor).all() for tensor in weights(output_dir).values())
     # The skipped step left the weights exactly as they were.
     assert_same_weights(weights(output_dir / "checkpoint-7"), weights(output_dir / "checkpoint-8"))
+
+
+# Two micro-batches a step, so that the detector's loss is their sum, as Trainer logs it. The detector scores from
+# step 5 on (its window, steps 1-4, is full); the spike is injected there.
+SPIKE_RUN = {**RUN, "max_steps": 8, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+             "spike_guard": "skip", "spike_window": 4}
+SPIKE_STEP = 5
+
+
+def log_history(output_dir: Path) -> list[dict]:
+    """The training logs (one per step here) of a run's trainer_state.json."""
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry for entry in history if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def never_saw_the_spiked_batch(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Final weights of SPIKE_RUN trained on data without step 5's micro-batches, one step shorter: a skipped step
+    must end exactly there (the schedule is still that of max_steps, as a skipped step does not advance it)."""
+    directory = tmp_path_factory.mktemp("without-the-batch")
+    result = finish(tiny_config(directory, **SPIKE_RUN), directory / "progress", drop_step=SPIKE_STEP,
+                    stop_after=SPIKE_RUN["max_steps"] - 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(entry["skipped_spike_steps"] == 0 for entry in log_history(directory / "run"))  # no false alarm
+    return weights(directory / "run")
+
+
+@pytest.fixture(scope="module")
+def spiked_killed_and_resumed(tmp_path_factory) -> tuple[Path, str, subprocess.CompletedProcess]:
+    """SPIKE_RUN with the loss of step 5 x 1000, killed while saving checkpoint-6 (after it skipped the spike), then
+    rerun: the rerun resumes from checkpoint-3 and can only score step 5 with the window that checkpoint recorded.
+    Its output directory, the killed run's stderr, the rerun."""
+    directory = tmp_path_factory.mktemp("spiked")
+    config = tiny_config(directory, **SPIKE_RUN)
+    process = start(config, directory / "progress", spike_at_step=SPIKE_STEP, hang_in_save=6)
+    wait_for(lambda: (directory / "progress.saving").exists(), process)
+    process.kill()
+    killed_stderr = process.communicate()[1]
+    rerun = finish(config, directory / "progress", spike_at_step=SPIKE_STEP)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return directory / "run", killed_stderr, rerun
+
+
+def test_a_loss_spike_is_skipped_as_if_its_batch_were_not_in_the_data(spiked_killed_and_resumed,
+                                                                       never_saw_the_spiked_batch):
+    output_dir, killed_stderr, _ = spiked_killed_and_resumed
+    assert f"skipping step {SPIKE_STEP}: the loss " in killed_stderr
+    history = log_history(output_dir)
+    assert [entry["skipped_spike_steps"] for entry in history] == [0] * 4 + [1] * 4
+    assert_same_weights(never_saw_the_spiked_batch, weights(output_dir))
+    # The detector scores the loss Trainer logs (the sum over the step's micro-batches), to the bit.
+    guard = json.loads((output_dir / "checkpoint-3" / "step_guard.json").read_text())
+    assert guard["spike_detector"]["loss"] == [entry["loss"] for entry in history[:3]]
+    assert guard["spike_detector"]["grad_norm"] == [entry["grad_norm"] for entry in history[:3]]
+
+
+def test_a_resumed_run_skips_the_same_spike(spiked_killed_and_resumed):
+    output_dir, _, rerun = spiked_killed_and_resumed
+    assert f"resuming from {output_dir / 'checkpoint-3'}" in rerun.stdout
+    assert f"skipping step {SPIKE_STEP}: the loss " in rerun.stderr
+    assert json.loads((output_dir / "checkpoint-6" / "step_guard.json").read_text())["skipped_steps"]["spike"] == [SPIKE_STEP]
+
+
+def test_a_loss_spike_can_stop_the_run_in_one_line(tmp_path):
+    config = tiny_config(tmp_path, **{**SPIKE_RUN, "spike_guard": "stop"})
+    result = finish(config, tmp_path / "progress", spike_at_step=SPIKE_STEP)
+    assert result.returncode == 1
+    error = one_error_line(result.stderr)
+    match = re.match(rf"error: loss spike at step {SPIKE_STEP}: the loss (\S+) is (\S+) standard deviations above "
+                     rf"the mean (\S+) of the last 4 steps \(spike_zscore=7\); nothing of that step was applied", error)
+    assert match, error
+    loss, zscore, mean = map(float, match.groups())
+    assert loss > 1000 * 9 and 9 < mean < 11 and zscore > 7  # the loss x 1000, against losses of about 10
+    assert error.endswith(str(tmp_path / "run" / "checkpoint-3"))
+    assert sorted(path.name for path in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

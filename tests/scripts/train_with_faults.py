@@ -4,6 +4,9 @@ RECIPE_TEST_PROGRESS=FILE    append "<step>" to FILE after every optimizer step 
 RECIPE_TEST_HANG_IN_SAVE=N   hang inside the save of checkpoint-N, after its weights and optimizer are written
 RECIPE_TEST_NAN_AT_STEP=N    make the training loss NaN at optimizer step N (gradient accumulation 1)
 RECIPE_TEST_ZERO_AT_STEP=N   multiply the training loss by 0 from optimizer step N on (no gradient reaches the weights)
+RECIPE_TEST_SPIKE_AT_STEP=N  multiply the training loss of every micro-batch of optimizer step N by 1000
+RECIPE_TEST_DROP_STEP=N      read optimizer step N's micro-batches and throw them away: step N trains on step N+1's
+RECIPE_TEST_STOP_AFTER=N     stop after optimizer step N (the schedule stays that of max_steps)
 """
 
 import functools
@@ -22,6 +25,10 @@ progress_file = os.environ.get("RECIPE_TEST_PROGRESS")
 hang_step = int(os.environ.get("RECIPE_TEST_HANG_IN_SAVE", 0))
 nan_step = int(os.environ.get("RECIPE_TEST_NAN_AT_STEP", 0))
 zero_step = int(os.environ.get("RECIPE_TEST_ZERO_AT_STEP", 0))
+spike_step = int(os.environ.get("RECIPE_TEST_SPIKE_AT_STEP", 0))
+drop_step = int(os.environ.get("RECIPE_TEST_DROP_STEP", 0))
+stop_after = int(os.environ.get("RECIPE_TEST_STOP_AFTER", 0))
+trainer = None  # the run's GPTTrainer, once built
 
 
 class ReportProgress(TrainerCallback):
@@ -30,13 +37,23 @@ class ReportProgress(TrainerCallback):
             handle.write(f"{state.global_step}\n")
 
 
+class StopAfter(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == stop_after:
+            control.should_training_stop = True
+
+
 original_init = GPTTrainer.__init__
 
 
 def init_with_progress(self, *args, **kwargs):
+    global trainer
     original_init(self, *args, **kwargs)
+    trainer = self
     if progress_file:
         self.add_callback(ReportProgress())
+    if stop_after:
+        self.add_callback(StopAfter())
 
 
 GPTTrainer.__init__ = init_with_progress
@@ -53,12 +70,23 @@ def save_then_hang(self, output_dir):
 
 GPTTrainer._save_optimizer_and_scheduler = save_then_hang
 
+original_get_batch_samples = GPTTrainer.get_batch_samples
+
+
+def get_batch_samples_dropping_one_step(self, epoch_iterator, num_batches, device):
+    if self.state.global_step + 1 == drop_step:
+        original_get_batch_samples(self, epoch_iterator, num_batches, device)  # never trained on
+    return original_get_batch_samples(self, epoch_iterator, num_batches, device)
+
+
+GPTTrainer.get_batch_samples = get_batch_samples_dropping_one_step
+
 original_forward = GPTForCausalLM.forward
 training_forwards = 0
 
 
 @functools.wraps(original_forward)  # Trainer reads the signature to pick dataset columns
-def forward_with_nan(self, *args, **kwargs):
+def forward_with_faults(self, *args, **kwargs):
     global training_forwards
     output = original_forward(self, *args, **kwargs)
     if self.training:
@@ -67,9 +95,11 @@ def forward_with_nan(self, *args, **kwargs):
             output.loss = output.loss * float("nan")
         if zero_step and training_forwards >= zero_step:
             output.loss = output.loss * 0.0
+        if trainer.state.global_step + 1 == spike_step:
+            output.loss = output.loss * 1000.0
     return output
 
 
-GPTForCausalLM.forward = forward_with_nan
+GPTForCausalLM.forward = forward_with_faults
 
 sys.exit(main(sys.argv[1:]))
