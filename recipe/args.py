@@ -249,7 +249,8 @@ class RecipeTrainingArguments(TrainingArguments):
     hellaswag_limit: int | None = field(default=None, metadata={"help": "Examples of HellaSwag to use."})
     nonfinite_loss: Literal["stop", "skip"] = field(
         default="stop",
-        metadata={"help": "A NaN/inf loss stops the run (stop) or its batch is skipped (skip). Never saved."},
+        metadata={"help": "A NaN/inf loss stops the run (stop) or its step is skipped (skip: as spike_guard skips). "
+                          "Never saved."},
     )
     spike_guard: Literal["off", "skip", "stop"] = field(
         default="off",
