@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -188,13 +189,22 @@ def load_in_fresh_python(prompt: str, *checkpoints: Path) -> list[dict]:
     return report["loads"]
 
 
+def accelerate_launch(launcher: str = "cpu_ddp.yaml") -> list[str]:
+    """`accelerate launch --config_file accelerate_configs/LAUNCHER` on a free port of its own, so that launches in
+    parallel test workers do not meet on accelerate's default port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO_ROOT / "accelerate_configs" / launcher), "--main_process_port", str(port)]
+
+
 def launch(script: str, dump_dir, config, processes: int = 1) -> None:
     """Run scripts/SCRIPT DUMP_DIR CONFIG in a fresh Python, or in 2 processes (accelerate_configs/cpu_ddp.yaml)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(SCRIPTS / script), str(dump_dir), str(config)]
     if processes > 1:
-        command[1:1] = ["-m", "accelerate.commands.launch", "--config_file",
-                        str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml")]
+        command[:1] = accelerate_launch()
     result = subprocess.run(command, env=environment, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from helpers import REPO_ROOT, SCRIPTS, build_nanogpt_get_lr, load_in_fresh_python, tiny_config
+from helpers import REPO_ROOT, SCRIPTS, accelerate_launch, build_nanogpt_get_lr, load_in_fresh_python, tiny_config
 from recipe.args import parse_settings
 from recipe.modeling_gpt import GPTForCausalLM
 from recipe.evaluate import main as evaluate_main
@@ -71,11 +71,7 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(SCRIPTS / "train_and_dump.py"), str(tmp_path / "single-dump"), str(single)],
                    check=True, env=environment, cwd=REPO_ROOT, capture_output=True)
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
-        str(SCRIPTS / "train_and_dump.py"), str(tmp_path / "parallel-dump"), str(parallel),
-    ]
+    launch = [*accelerate_launch(), str(SCRIPTS / "train_and_dump.py"), str(tmp_path / "parallel-dump"), str(parallel)]
     result = subprocess.run(launch, env=environment, cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
