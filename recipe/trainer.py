@@ -209,6 +209,14 @@ class GPTTrainer(Trainer):
         if self.data_fingerprint is not None and self.args.should_save:
             (checkpoint / TRAIN_DATA_FILE).write_text(json.dumps({"fingerprint": self.data_fingerprint}) + "\n")
 
+    def _run_epoch(self, *args, **kwargs):
+        """Trainer checks max_steps only after a step, so a run resumed from its last checkpoint (killed between that
+        save and the final one) would train one step more than the run has. Nothing is left to train then."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint is not None:
             self._restore_data_position(Path(resume_from_checkpoint))
