@@ -28,9 +28,9 @@ from recipe.train import main
 LAUNCHERS = REPO_ROOT / "accelerate_configs"
 TRAIN = REPO_ROOT / "recipe" / "train.py"
 # A clip that never engages (the gradient norms here are 1.1-1.7). FSDP sums the squares of each process's shards,
-# DDP of whole tensors: their fp32 norms of the same gradient round differently (by up to 8.4e-5 relative in 12 steps
-# of this config), and an active clip would carry that rounding into every update. Everything else is the same
-# arithmetic, so with the clip out of the way the weights compare exactly; the norms are compared on their own.
+# DDP of whole tensors: their fp32 norms of the same gradient round differently (by up to 2.8e-4 relative in these
+# 6 steps), and an active clip would carry that rounding into every update. Everything else is the same arithmetic,
+# so with the clip out of the way the weights compare exactly; the norms are compared on their own.
 RUN = dict(max_steps=6, save_steps=2, warmup_steps=2, eval_strategy="no", sample_max_new_tokens=0, logging_steps=1,
            max_grad_norm=1e6)
 
@@ -71,8 +71,11 @@ def ddp_run(tmp_path_factory) -> Path:
 
 
 def history(output_dir: Path, key: str) -> list[float]:
+    """The value logged at every step, step 1 first."""
     log = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
-    return [entry[key] for entry in log if key in entry and "train_runtime" not in entry]
+    values = [entry[key] for entry in log if key in entry]
+    assert len(values) == RUN["max_steps"], log
+    return values
 
 
 def files(directory: Path) -> set[str]:
@@ -90,10 +93,11 @@ def test_fsdp_shards_and_ends_with_the_weights_of_ddp(fsdp_run, ddp_run):
         assert torch.equal(fsdp[name], ddp[name]), name
     assert history(fsdp_run, "loss") == history(ddp_run, "loss")
     # The norm FSDP clips by is that of the whole gradient, not of one process's shards (which would be ~1/sqrt(2)
-    # of it): equal to DDP's up to the rounding of their fp32 sums of 3.3M squares (8.4e-5 relative at most here,
-    # where the float64 norm differs from DDP's by 8e-6 at step 1); 1e-3 leaves 12x for other summation orders.
+    # of it, 0.29 off): equal to DDP's up to the rounding of their fp32 sums of 3.3M squares, 2.8e-4 relative at most
+    # here (and DDP's own is 5.6e-4 from DeepSpeed's, which is the float64 norm at step 1). 1e-2 leaves 18x for other
+    # CPUs' summation orders and is still 29x tighter than a shard's norm.
     for fsdp_norm, ddp_norm in zip(history(fsdp_run, "grad_norm"), history(ddp_run, "grad_norm"), strict=True):
-        assert abs(fsdp_norm - ddp_norm) <= 1e-3 * ddp_norm
+        assert abs(fsdp_norm - ddp_norm) <= 1e-2 * ddp_norm
 
 
 @pytest.mark.slow
