@@ -3,6 +3,7 @@ the weights of cpu_ddp.yaml's run, checkpoints that are complete models with the
 at a random step that the same command resumes to the uninterrupted weights, and a resume by another launch refused.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -143,13 +144,16 @@ def test_fsdp_sigkill_at_a_random_step_then_the_same_command_ends_identically(tm
     kill_after = random.randint(3, 5)  # a checkpoint exists by then; the number is in the failure message
     config, progress = tiny_config(tmp_path, "fsdp_cpu", **RUN), tmp_path / "progress"
     process = accelerate_launch("fsdp_cpu.yaml", SCRIPTS / "train_with_faults.py", config, progress)
+    deadline = time.monotonic() + 600
     while not (progress.exists() and len(progress.read_text().split()) >= kill_after):
         assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
     # The launcher and both processes at once, as when the machine dies (torchrun starts each process in a session of
     # its own, so a kill of the launcher's group would leave them training).
     for victim in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]:
-        victim.send_signal(signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.send_signal(signal.SIGKILL)
     process.wait()
     output_dir = tmp_path / "fsdp_cpu"
     assert not (output_dir / "model.safetensors").exists(), "the run finished before it was killed"
