@@ -35,6 +35,8 @@ BASELINE_FILE = "baseline_perplexity.json"  # another model on the run's validat
 TRAIN_DATA_FILE = "train_data.json"  # the fingerprint of the prepared data the run trains on
 # What a checkpoint records of the step guard (recipe.trainer): the steps skipped, the spike detector's windows.
 STEP_GUARD_FILE = "step_guard.json"
+LAUNCH_FILE = "launch.json"  # the launch that saved a checkpoint: its number of processes and how they shard
+SHARDING_NAMES = {"fsdp": "FSDP", "deepspeed": "DeepSpeed", "none": "unsharded: DDP or one process"}
 
 
 def stream_position_file(process_index: int) -> str:
@@ -163,6 +165,34 @@ def resume_checkpoint(run_dir: str | Path, overwrite: bool, is_writer: bool) -> 
             f"{error}. Delete {last} to resume from the checkpoint before it, or set overwrite_output_dir to start over"
         ) from None
     return last
+
+
+def launch_record(processes: int, sharding: str) -> str:
+    """What LAUNCH_FILE holds: the number of processes and their sharding ("fsdp", "deepspeed" or "none")."""
+    return json.dumps({"processes": processes, "sharding": sharding}) + "\n"
+
+
+def check_same_launch(checkpoint: str | Path, processes: int, sharding: str) -> None:
+    """Refuse to resume a checkpoint with another number of processes or another sharding than saved it.
+
+    A resume must be the run it continues: with other processes the batch per step changes (unless derived from
+    tokens_per_step, which changes the accumulation instead) and each process's RNG state and stream position
+    belong to its rank; FSDP and DeepSpeed keep the optimizer state in their own files. A checkpoint written before
+    the launch was recorded is not checked.
+    """
+    recorded_file = Path(checkpoint) / LAUNCH_FILE
+    if not recorded_file.is_file():
+        return
+    saved = json.loads(recorded_file.read_text())
+    if (saved["processes"], saved["sharding"]) != (processes, sharding):
+        def describe(count, kind):
+            named = f" ({SHARDING_NAMES.get(kind, kind)})" if saved["sharding"] != sharding else ""
+            return f"{count} process{'es' if count != 1 else ''}{named}"
+        raise CheckpointError(
+            f"{checkpoint} was saved by {describe(saved['processes'], saved['sharding'])} and this launch has "
+            f"{describe(processes, sharding)}: resume it with the launch that saved it, or set overwrite_output_dir "
+            f"to start over"
+        )
 
 
 def file_sha256(path: Path) -> str:

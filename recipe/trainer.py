@@ -13,17 +13,25 @@
   always complete; the run's card and loss plot at the end (recipe.card);
 - tokens counted on the host (fixed-size blocks), without the per-micro-batch device sync Trainer uses;
 - data that resumes where it stopped: each checkpoint records the fingerprint of the prepared data (checked on
-  resume) or, when streaming, every process's stream position (restored on resume instead of replaying the stream).
+  resume) or, when streaming, every process's stream position (restored on resume instead of replaying the stream);
+- a resume only by the launch that saved the checkpoint (its number of processes and sharding, recorded beside it);
+- FSDP on CPU processes too (accelerate runs DDP there instead), and gathered state dicts saved as the unsharded
+  model saves itself, so an FSDP checkpoint is the same complete model as a DDP one.
 """
 
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
 
 import torch
 from accelerate.data_loader import prepare_data_loader
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
@@ -32,10 +40,13 @@ from transformers.utils import logging
 from .callbacks import PreemptionCallback
 from .card import write_model_card
 from .checkpoints import (
+    LAUNCH_FILE,
     PLOT_FILE,
     STEP_GUARD_FILE,
     TRAIN_DATA_FILE,
+    check_same_launch,
     checkpoint_name,
+    launch_record,
     publish_checkpoint,
     rotate,
     staging_dir,
@@ -78,6 +89,26 @@ class GPTTrainer(Trainer):
         self.peak_flops_per_device = peak_tflops * 1e12 if peak_tflops else None
         if self.peak_flops_per_device is None and self.args.device.type == "cuda":
             self.peak_flops_per_device = peak_flops(torch.cuda.get_device_name(self.args.device))
+
+    # -- distribution -----------------------------------------------------------------------------------------
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """An FSDP launch on CPU processes shards as it does on GPUs.
+
+        accelerate (1.15, `AcceleratorState.__init__`) turns an FSDP launch into FSDP only on GPU-like devices; on CPU
+        processes it silently runs DDP instead (the model a DistributedDataParallel, the whole optimizer state on
+        every process). torch's FSDP2 runs on CPU over gloo, so the dropped plugin is put back as accelerate puts it
+        on GPUs: the same sharding, gathering and checkpoint code then runs on CPU (accelerate_configs/fsdp_cpu.yaml,
+        tested) as on GPUs (fsdp.yaml)."""
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+                and state.distributed_type == DistributedType.MULTI_CPU):
+            state.fsdp_plugin = FullyShardedDataParallelPlugin()  # the launcher's fsdp_config, from its environment
+            if state.mixed_precision != "no":
+                state.fsdp_plugin.set_mixed_precision(state.mixed_precision)
+            state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.is_fsdp_enabled = True
 
     # -- optimisation ----------------------------------------------------------------------------------------
 
@@ -128,6 +159,8 @@ class GPTTrainer(Trainer):
         nonfinite_losses, loss = self._step_nonfinite_losses, self._step_loss
         self._step_nonfinite_losses = self._step_loss = None
         norm_reported = grad_norm is not None  # DeepSpeed may not report one: only the losses can be checked
+        if isinstance(grad_norm, DTensor):  # FSDP2: the norm over every shard, already reduced (replicated)
+            grad_norm = grad_norm.full_tensor()
         norm = torch.as_tensor(grad_norm if norm_reported else 1.0, dtype=torch.float32, device=loss.device)
         sums = torch.stack([nonfinite_losses, loss, norm.reshape(())])  # (3,)
         processes = 1
@@ -267,6 +300,32 @@ class GPTTrainer(Trainer):
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save a gathered state dict (FSDP, DeepSpeed) exactly as the unsharded model saves itself.
+
+        The gather gives a tied weight one copy per name: aliased again, save_pretrained stores it once. And FSDP2
+        turns the model into an instance of a class it makes up (`FSDPGPTForCausalLM`, a subclass of ours in torch's
+        `_fsdp_init` module), while save_pretrained copies the files that define the model's class: torch's FSDP
+        sources, with an auto_map naming a class no file defines, so the checkpoint would not load without the recipe
+        (transformers 5.24 strips the prefix from `architectures` only). So the save sees our class.
+        """
+        if state_dict is not None:
+            names_of = {}
+            for name, parameter in self.model.named_parameters(remove_duplicate=False):
+                names_of.setdefault(id(parameter), []).append(name)
+            for first, *aliases in names_of.values():
+                for alias in aliases:
+                    if first in state_dict and alias in state_dict:
+                        state_dict[alias] = state_dict[first]
+        if not isinstance(self.model, FSDPModule):
+            return super()._save(output_dir, state_dict)
+        fsdp_class = type(self.model)
+        self.model.__class__ = next(cls for cls in fsdp_class.__mro__ if not issubclass(cls, FSDPModule))
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.model.__class__ = fsdp_class
+
     def _get_output_dir(self, trial) -> str:
         return getattr(self, "_staging_output_dir", None) or super()._get_output_dir(trial)
 
@@ -307,8 +366,11 @@ class GPTTrainer(Trainer):
                                    dispatch_batches=False)
 
     def _save_data_position(self, checkpoint: Path) -> None:
-        """Beside the weights: the prepared data's fingerprint (main process) and each process's stream position."""
+        """Beside the weights: the launch and the prepared data's fingerprint (main process), and each process's
+        stream position."""
         checkpoint.mkdir(parents=True, exist_ok=True)
+        if self.args.should_save:
+            (checkpoint / LAUNCH_FILE).write_text(launch_record(self.args.world_size, self._sharding()))
         if isinstance(self.train_dataset, BlockStream):
             position = {"process": self.args.process_index, "processes": self.args.world_size,
                         **self.train_dataset.position()}
@@ -316,8 +378,20 @@ class GPTTrainer(Trainer):
         if self.data_fingerprint is not None and self.args.should_save:
             (checkpoint / TRAIN_DATA_FILE).write_text(json.dumps({"fingerprint": self.data_fingerprint}) + "\n")
 
+    def _sharding(self) -> str:
+        return "fsdp" if self.is_fsdp_enabled else "deepspeed" if self.is_deepspeed_enabled else "none"
+
+    def _run_epoch(self, *args, **kwargs):
+        """Trainer checks max_steps only after a step, so a run resumed from its last checkpoint (killed between that
+        save and the final one) would train one step more than the run has. Nothing is left to train then."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint is not None:
+            check_same_launch(resume_from_checkpoint, self.args.world_size, self._sharding())
             self._restore_data_position(Path(resume_from_checkpoint))
             self._restore_step_guard(Path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,21 @@ def test_sigkill_during_a_checkpoint_write_is_never_resumed_from(tmp_path, unint
     assert f"resuming from {output_dir / 'checkpoint-6'}" in result.stdout
     assert not (output_dir / "_partial-checkpoint-9").exists()
     assert_same_weights(uninterrupted, weights(output_dir))
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_end_without_another_step(tmp_path):
+    config = tiny_config(tmp_path, **{**RUN, "max_steps": 3, "warmup_steps": 1})
+    assert main([str(config)]) == 0
+    output_dir = tmp_path / "run"
+    finished = weights(output_dir)
+    for path in output_dir.iterdir():  # what a kill between the last checkpoint and the final save leaves
+        if path.name not in ("checkpoint-3", "run_config.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    assert main([str(config)]) == 0
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert_same_weights(finished, weights(output_dir))
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

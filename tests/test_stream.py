@@ -147,4 +147,4 @@ def test_two_processes_stream_disjoint_documents_and_resume_each_stream_exactly(
     capsys.readouterr()
     assert train_main([str(resumed_config)]) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "holds the stream positions of 2 processes, and this launch has 1" in line
+    assert "checkpoint-3 was saved by 2 processes and this launch has 1 process: resume it with the launch" in line

@@ -254,8 +254,17 @@ def test_every_shipped_config_validates(config):
 
 @pytest.mark.parametrize("launcher", sorted((REPO_ROOT / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_accelerate_config_loads(launcher):
+    import yaml
     from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
 
     launch = load_config_from_file(str(launcher))
     assert launch.num_processes >= 1
     assert launcher.read_text().startswith("#")  # each one explains itself
+    # accelerate copies each key of fsdp_config / deepspeed_config onto the launch argument of that name and drops a
+    # key that names none, so a misspelt setting would be ignored without a word.
+    arguments = {action.dest for action in launch_command_parser()._actions}
+    settings = yaml.safe_load(launcher.read_text())
+    for section, prefix in (("fsdp_config", "fsdp_"), ("deepspeed_config", "")):
+        for key in settings.get(section, {}):
+            assert (key if key.startswith(prefix) else prefix + key) in arguments, f"{launcher.name}: {section}.{key}"

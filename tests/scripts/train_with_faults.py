@@ -1,6 +1,7 @@
 """recipe/train.py's main() with faults injected from the environment, for the reliability tests.
 
-RECIPE_TEST_PROGRESS=FILE    append "<step>" to FILE after every optimizer step (so a test knows where the run is)
+RECIPE_TEST_PROGRESS=FILE    append "<step>" to FILE after every optimizer step (so a test knows where the run is;
+                             the main process writes it)
 RECIPE_TEST_HANG_IN_SAVE=N   hang inside the save of checkpoint-N, after its weights and optimizer are written
 RECIPE_TEST_NAN_AT_STEP=N    make the training loss NaN at optimizer step N (gradient accumulation 1)
 RECIPE_TEST_ZERO_AT_STEP=N   multiply the training loss by 0 from optimizer step N on (no gradient reaches the weights)
@@ -33,8 +34,9 @@ trainer = None  # the run's GPTTrainer, once built
 
 class ReportProgress(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
-        with open(progress_file, "a") as handle:
-            handle.write(f"{state.global_step}\n")
+        if state.is_world_process_zero:  # one line per step, however many processes
+            with open(progress_file, "a") as handle:
+                handle.write(f"{state.global_step}\n")
 
 
 class StopAfter(TrainerCallback):
