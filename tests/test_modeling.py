@@ -186,6 +186,8 @@ def test_eager_and_sdpa_agree():
 
 @pytest.mark.slow
 def test_flex_attention_agrees_with_sdpa():
+    """16 tokens: a whole number of the CPU flex kernel's 16-key blocks (see tests/test_compile.py's flex test for
+    the tail it gets wrong without AVX-512)."""
     model, _ = twin_models()
     input_ids = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
