@@ -364,8 +364,9 @@ def _start_worker(progress, parent: int) -> None:
 def _die_with(parent: int) -> None:
     """Have Linux kill this worker when the main process dies. Without it a killed prepare leaves its workers
     running: idle ones wait forever on the task queue (every sibling holds its other end) and keep the inherited
-    prepare lock; busy ones finish and rename a shard while the next prepare may be writing it. (Linux only:
-    elsewhere, stop the workers of a killed prepare by hand.)"""
+    prepare lock; busy ones finish and rename a shard while the next prepare may be writing it. The kernel watches
+    the thread that forked the worker: the main thread, where the fork pool starts all its workers at the first
+    submit. (Linux only: elsewhere, stop the workers of a killed prepare by hand.)"""
     if sys.platform != "linux":
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
