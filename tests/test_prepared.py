@@ -386,4 +386,5 @@ def test_two_processes_read_disjoint_prepared_blocks_that_make_the_one_process_s
     weights = [load_file(tmp_path / "two" / f"rank{rank}.safetensors") for rank in (0, 1)]
     reference = load_file(tmp_path / "one" / "rank0.safetensors")
     for name, tensor in reference.items():
+        # measured 0 (AVX-512, AVX2): the same kernels on the same blocks, and gloo's sum of two is exact
         assert torch.equal(weights[0][name], weights[1][name]) and (weights[0][name] - tensor).abs().max() <= 1e-5
