@@ -261,14 +261,15 @@ def _one_prepare_at_a_time(directory: Path):
     missing = [path for path in [directory, *directory.parents] if not path.exists()]  # created here, to remove
     path = directory / LOCK_FILE
     while True:
-        directory.mkdir(parents=True, exist_ok=True)
         try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # the directory was removed by a prepare that created it and just gave up
-            continue
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the directory was removed by a prepare that created it and just gave up
+                continue
         except OSError as error:
-            raise DataError(f"cannot create the lock file {path} ({error.strerror}): prepare into a directory you "
-                            f"can write") from None
+            raise DataError(f"prepared_dir={directory} cannot hold the lock file {LOCK_FILE} ({error.strerror}): "
+                            f"set prepared_dir to a directory you can write") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
