@@ -294,6 +294,8 @@ def test_a_directory_that_is_not_prepared_is_never_written_into(scenes, tmp_path
                                               "prepared_dir": str(tmp_path / "new" / "prepared")})
     assert status == 2 and "fewer than block_size=64" in one_error_line(err)
     assert not (tmp_path / "new").exists()
+    status, err = run_data(tmp_path, capsys, {**settings, "prepared_dir": str(short)})  # a file
+    assert status == 2 and f"prepared_dir={short} cannot hold the lock file" in one_error_line(err)
 
     config = tiny_config(tmp_path, **{**settings, "prepared_dir": str(tmp_path / "nowhere")}, max_steps=2,
                          warmup_steps=1)
