@@ -44,6 +44,11 @@ CANDIDATES = {
     "4x96, T128, 436 steps": candidate(436, **shape(4, 96, 4, 128), per_device_train_batch_size=32),
     "3x96, T128, 534 steps": candidate(534, **shape(3, 96, 3, 128), per_device_train_batch_size=32),
     "4x96, BPE 1024, 544 steps": candidate(544, **shape(4, 96, 4), train_tokenizer_vocab_size=1024),
+    "3x96, 568 steps": candidate(568, **shape(3, 96, 3)),
+    "4x80, 627 steps": candidate(627, **shape(4, 80, 4)),
+    "4x64, 889 steps": candidate(889, **shape(4, 64, 4)),
+    "4x96, batch 32, 933 steps": candidate(933, **shape(4, 96, 4), per_device_train_batch_size=32),
+    "4x96, 467 steps, lr 6e-3": candidate(467, **shape(4, 96, 4), learning_rate=6e-3),
 }
 
 

@@ -3,8 +3,8 @@
     python -m recipe.data CONFIG.json [--json] [--dry_run] [--key value ...]
 
 Tokenizes, groups and caches exactly what training will read, so the run itself starts at once: with prepared_dir,
-into that directory, in parallel and resumable (recipe.prepared; --dry_run prints the documents, tokens, shards and
-disk it will take); without, into datasets' cache (recipe.pipeline).
+into that directory, in parallel, resumable and one prepare at a time (recipe.prepared; --dry_run prints the
+documents, tokens, shards and disk it will take); without, into datasets' cache (recipe.pipeline).
 """
 
 import argparse

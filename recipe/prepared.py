@@ -16,15 +16,25 @@ and recorded in manifest.json (documents, tokens, blocks, bytes, SHA-256), so a 
 the datasets metadata is written last. Every shard packs its own documents, as the map pipeline packs a whole split,
 and drops its final partial block (less than one block per ~100M-token shard), so the blocks do not depend on the
 number of workers: 1 or 16 workers, or two nodes preparing the same config, write identical files.
+
+One prepare writes a directory at a time: it holds a lock on prepared_dir/prepare.lock that the kernel drops when
+its holder dies (_one_prepare_at_a_time says how, and what it relies on over NFS).
 """
 
 import concurrent.futures
+import contextlib
+import ctypes
+import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import shutil
+import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -58,6 +68,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "gpt2-recipe prepared blocks 2"  # 2: validation blocks carry their next token
 SPLITS = ("train", "validation")
 PARTIAL_SUFFIX = ".partial"  # a shard or manifest being written; never read
+LOCK_FILE = "prepare.lock"  # locked by the prepare writing the directory; holds its pid, host and start time
 # The sample tokenized to estimate tokens per byte of text: documents spread evenly over the training split, up to
 # 1,000 of them and about 4 MB of text (~1M tokens, a second's work): all of a small corpus, so its estimate is exact.
 SAMPLE_DOCUMENTS, SAMPLE_BYTES = 1000, 4 << 20
@@ -259,6 +270,79 @@ def dry_run(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> d
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# One prepare at a time
+
+
+@contextlib.contextmanager
+def _one_prepare_at_a_time(directory: Path):
+    """Hold an exclusive flock(2) on prepared_dir/prepare.lock while preparing; a second prepare of the directory
+    stops at once with one line naming it and the holder (the pid, host and start time the holder wrote there).
+
+    A crash cannot leave it stuck: the kernel drops a flock when the last descriptor of the locked file closes,
+    however its holder ends (kill -9 and the OOM killer included). The shard workers inherit the descriptor, so the
+    lock lasts while any of them writes, and they die with the main process (_die_with). A crashed prepare leaves the
+    file, which is harmless: the next prepare locks it, writes its own details over the dead one's and goes on. A
+    prepare that ends, well or with an error, deletes the file (and a prepared_dir it created and left empty), so a
+    refused run leaves nothing behind; unlinking while still holding the lock, and checking after locking that the
+    path still names the locked file, keeps that safe against a prepare starting at that moment.
+
+    On NFS this relies on Linux clients (2.6.12 and later, see flock(2)) emulating flock as a whole-file byte-range
+    lock that the server grants, so prepares on two nodes exclude each other as well, unless the filesystem is mounted
+    with local_lock=flock or all (then only prepares on the same node do). When a whole client machine dies, an NFSv4
+    server frees its locks once its lease expires (RFC 7530, 9.5: 90 s by default on Linux servers); NFSv3's lock
+    manager frees them when that client reboots. Hand-written rather than filelock's FileLock (a dependency of
+    datasets), which does not say who holds a lock and leaves its file behind after every run.
+    """
+    missing = [path for path in [directory, *directory.parents] if not path.exists()]  # created here, to remove
+    path = directory / LOCK_FILE
+    while True:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the directory was removed by a prepare that created it and just gave up
+                continue
+        except OSError as error:
+            raise DataError(f"prepared_dir={directory} cannot hold the lock file {LOCK_FILE} ({error.strerror}): "
+                            f"set prepared_dir to a directory you can write") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.read(descriptor, 1024).decode(errors="replace")
+            os.close(descriptor)
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            try:
+                holder = "pid {pid} on {host}, started {started}".format(**json.loads(holder))
+            except (ValueError, KeyError):
+                holder = "it has not written its details yet"
+            raise DataError(f"prepared_dir={directory} is being prepared by another process ({holder}): wait for "
+                            f"it to end, or stop it, then run {COMMAND} again (nothing was changed)") from None
+        try:
+            same_file = os.path.samestat(os.fstat(descriptor), os.stat(path))
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(descriptor)  # locked a file that its last holder unlinked as it finished: lock the one there now
+    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    record = json.dumps(holder).encode() + b"\n"
+    os.pwrite(descriptor, record, 0)
+    os.ftruncate(descriptor, len(record))  # after the write: the file is never seen empty
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while the lock is held: see above
+        os.close(descriptor)
+        for created in missing:  # innermost first; only directories left empty
+            try:
+                created.rmdir()
+            except OSError:
+                break
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Writing shards (in worker processes)
 
 
@@ -302,11 +386,26 @@ class ShardWriter:
 
 
 _progress = None  # in a worker: the tokens counter the main process shows
+PR_SET_PDEATHSIG = 1  # Linux prctl(2): the signal this process gets when its parent dies
 
 
-def _start_worker(progress) -> None:
+def _start_worker(progress, parent: int) -> None:
     global _progress
     _progress = progress
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Have Linux kill this worker when the main process dies. Without it a killed prepare leaves its workers
+    running: idle ones wait forever on the task queue (every sibling holds its other end) and keep the inherited
+    prepare lock; busy ones finish and rename a shard while the next prepare may be writing it. The kernel watches
+    the thread that forked the worker: the main thread, where the fork pool starts all its workers at the first
+    submit. (Linux only: elsewhere, stop the workers of a killed prepare by hand.)"""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the main process died before prctl took effect
+        os._exit(1)
 
 
 def _report_progress(tokens: int) -> None:
@@ -329,8 +428,10 @@ def _write_shards(jobs: list[tuple], writer: ShardWriter, workers: int, on_done)
                 split, shard, documents, path = job
                 on_done(job, writer.write(split, documents, *shard["documents"], path, bar.update))
             return
-        progress = multiprocessing.Value("q", 0)
-        with concurrent.futures.ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(progress,)) as pool:
+        context = multiprocessing.get_context("fork")  # the workers inherit the lock, and their parent is this one
+        progress = context.Value("q", 0)
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                    initargs=(progress, os.getpid())) as pool:
             futures = {pool.submit(_write_in_worker, writer, job[0], job[2], *job[1]["documents"], job[3]): job
                        for job in jobs}
             waiting = set(futures)
@@ -377,7 +478,7 @@ def _check_shard(directory: Path, split: str, shard: dict, verify_content: bool)
 
 
 def _new_manifest(data_args, tokenizer, corpus: Corpus, directory: Path) -> dict:
-    if directory.exists() and any(directory.iterdir()):
+    if any(path.name != LOCK_FILE for path in directory.iterdir()):
         raise DataError(f"prepared_dir={directory} exists and holds files but no {MANIFEST_FILE}, so it is not a "
                         f"prepared directory: choose a new or empty prepared_dir (nothing was changed)")
     manifest = {
@@ -388,7 +489,6 @@ def _new_manifest(data_args, tokenizer, corpus: Corpus, directory: Path) -> dict
                            "shards": corpus.shards[split]} for split in SPLITS},
         "complete": False,
     }
-    directory.mkdir(parents=True, exist_ok=True)
     _write_json(directory / MANIFEST_FILE, manifest)  # first: from here on, the directory is a prepared one
     return manifest
 
@@ -420,8 +520,13 @@ def summarize_prepared(manifest: dict) -> dict:
 
 def prepare_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> dict:
     """Prepare `prepared_dir` from the config's corpus, or finish an interrupted prepare (its finished shards are
-    verified and kept), or verify a complete one. Returns its summary."""
+    verified and kept), or verify a complete one, holding the directory's lock throughout. Returns its summary."""
     directory = Path(data_args.prepared_dir)
+    with _one_prepare_at_a_time(directory):
+        return _prepare(directory, data_args, tokenizer)
+
+
+def _prepare(directory: Path, data_args: "DataArguments", tokenizer: PreTrainedTokenizerBase) -> dict:
     manifest = read_manifest(directory)
     if manifest is not None:
         check_agreement(manifest, data_args, tokenizer)
@@ -446,7 +551,9 @@ def prepare_blocks(data_args: "DataArguments", tokenizer: PreTrainedTokenizerBas
         _write_json(directory / MANIFEST_FILE, manifest)
 
     if jobs:
-        manifest["complete"] = False
+        if manifest["complete"]:  # a shard deleted since: training refuses the directory until it is back
+            manifest["complete"] = False
+            _write_json(directory / MANIFEST_FILE, manifest)
         workers = data_args.preprocessing_num_workers or 1
         started = time.perf_counter()
         _write_shards(jobs, writer, workers, record)

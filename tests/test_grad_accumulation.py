@@ -55,7 +55,7 @@ def test_two_unequal_micro_batches_equal_the_full_batch(tmp_path, loss_chunk_siz
     full = _one_sgd_step(tmp_path, batch_size=4, accumulation=1, loss_chunk_size=loss_chunk_size)
     accumulated = _one_sgd_step(tmp_path, batch_size=2, accumulation=2, loss_chunk_size=loss_chunk_size)
     for name in full:
-        assert (full[name] - accumulated[name]).abs().max().item() <= 1e-6, name
+        assert (full[name] - accumulated[name]).abs().max().item() <= 1e-6, name  # measured <= 6e-8 (AVX-512, AVX2)
 
 
 def test_averaging_micro_batch_means_would_differ():

