@@ -20,7 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from helpers import REPO_ROOT, SCRIPTS, one_error_line, tiny_config
+from helpers import REPO_ROOT, SCRIPTS, accelerate_launch, one_error_line, tiny_config
 from recipe.checkpoints import CHECKSUMS_FILE, check_same_launch, verify_checksums
 from recipe.errors import CheckpointError
 from recipe.modeling_gpt import GPTForCausalLM
@@ -36,13 +36,12 @@ RUN = dict(max_steps=6, save_steps=2, warmup_steps=2, eval_strategy="no", sample
            max_grad_norm=1e6)
 
 
-def accelerate_launch(launcher: str, script: Path, config: Path, progress: Path | None = None) -> subprocess.Popen:
+def start(launcher: str, script: Path, config: Path, progress: Path | None = None) -> subprocess.Popen:
     """`accelerate launch --config_file accelerate_configs/LAUNCHER SCRIPT CONFIG`."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     if progress is not None:
         environment["RECIPE_TEST_PROGRESS"] = str(progress)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCHERS / launcher),
-               str(script), str(config)]
+    command = [*accelerate_launch(launcher), str(script), str(config)]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -55,7 +54,7 @@ def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
 
 def train_under(launcher: str, directory: Path) -> Path:
     name = launcher.removesuffix(".yaml")
-    finish(accelerate_launch(launcher, TRAIN, tiny_config(directory, name, **RUN)))
+    finish(start(launcher, TRAIN, tiny_config(directory, name, **RUN)))
     return directory / name
 
 
@@ -143,7 +142,7 @@ def test_fsdp_checkpoints_are_complete_models_with_the_whole_optimizer_state(fsd
 def test_fsdp_sigkill_at_a_random_step_then_the_same_command_ends_identically(tmp_path, fsdp_run):
     kill_after = random.randint(3, 5)  # a checkpoint exists by then; the number is in the failure message
     config, progress = tiny_config(tmp_path, "fsdp_cpu", **RUN), tmp_path / "progress"
-    process = accelerate_launch("fsdp_cpu.yaml", SCRIPTS / "train_with_faults.py", config, progress)
+    process = start("fsdp_cpu.yaml", SCRIPTS / "train_with_faults.py", config, progress)
     deadline = time.monotonic() + 600
     while not (progress.exists() and len(progress.read_text().split()) >= kill_after):
         assert process.poll() is None, process.communicate()[1][-3000:]
@@ -158,7 +157,7 @@ def test_fsdp_sigkill_at_a_random_step_then_the_same_command_ends_identically(tm
     output_dir = tmp_path / "fsdp_cpu"
     assert not (output_dir / "model.safetensors").exists(), "the run finished before it was killed"
 
-    result = finish(accelerate_launch("fsdp_cpu.yaml", SCRIPTS / "train_with_faults.py", config, progress))
+    result = finish(start("fsdp_cpu.yaml", SCRIPTS / "train_with_faults.py", config, progress))
     assert f"resuming from {output_dir}/checkpoint-" in result.stdout, f"killed after step {kill_after}"
     expected, actual = load_file(fsdp_run / "model.safetensors"), load_file(output_dir / "model.safetensors")
     assert expected.keys() == actual.keys()
