@@ -35,8 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECK_CONFIG = REPO_ROOT / "configs" / "gpt2_124m.json"
 # What (a) changes in the shipped config: the bundled corpus instead of FineWeb-Edu, a short run with a short
 # warm-up (so the learning rate is high enough to show learning in 15 steps), nothing saved.
-DATA_KEYS = ("dataset_name", "dataset_config_name", "streaming", "validation_documents", "prepared_dir",
-             "preprocessing_num_workers")
+DATA_KEYS = ("dataset_name", "dataset_config_name", "streaming", "validation_documents", "validation_tokens",
+             "prepared_dir", "preprocessing_num_workers")
 SHORT_RUN = {"train_files": [str(REPO_ROOT / "data" / "shakespeare")], "validation_split_percentage": 5,
              "warmup_steps": 2, "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no",
              "report_to": "none", "sample_max_new_tokens": 0, "dataloader_num_workers": 2}
