@@ -10,8 +10,8 @@ below) and read the training blocks in the same order (Trainer's sampler, seeded
 AdamW run's, trained once). They are evaluated every --eval_steps on the configs' validation blocks. The tokens to
 reach the AdamW run's final loss are interpolated between the Muon run's evaluations. The step times come from
 short extra runs of each config, alternating (--timing_rounds), so the load of a shared machine falls on both alike;
-the load average is printed. --plot draws both runs with recipe.plot's overlay. --muon_qkv split orthogonalises
-c_attn's q, k and v blocks as three matrices (the measurement behind Muon's treatment of the fused matrix; see
+the load average is printed. --plot draws both runs with recipe.plot's overlay. --muon_qkv whole orthogonalises
+c_attn as one matrix instead of the recipe's three q, k, v blocks (the measurement behind that choice:
 benchmarks/RESULTS.md).
 """
 
@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import statistics
@@ -27,10 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from transformers import set_seed
 
 from common import print_report
+from recipe import optimization
 from recipe.args import parse_settings
 from recipe.curves import plot_runs
 from recipe.pipeline import TRAINED_TOKENIZER_DIR, load_or_train_tokenizer
@@ -42,7 +41,8 @@ QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--sample_max_new_toke
 
 
 def settings_for(config: Path, output_dir: Path, overrides: list[str]):
-    return parse_settings(config, [*overrides, *QUIET, "--output_dir", str(output_dir), "--overwrite_output_dir", "true"])
+    return parse_settings(config, [*overrides, *QUIET, "--output_dir", str(output_dir),
+                                   "--overwrite_output_dir", "true"])
 
 
 @contextlib.contextmanager
@@ -88,22 +88,6 @@ def tokens_to_reach(curve: list[dict], target: float) -> float | None:
     return None
 
 
-def split_qkv_orthogonalisation() -> None:
-    """Make torch's Muon orthogonalise a (3n, n) update, c_attn's, as its three (n, n) blocks q, k and v, each
-    moved like a square matrix (torch scales the whole (3n, n) update by sqrt(3) for its shape: undone here)."""
-    import torch.optim._muon as muon
-
-    whole = muon._zeropower_via_newtonschulz
-
-    def by_blocks(grad, ns_coefficients, ns_steps, eps):
-        if grad.size(0) != 3 * grad.size(1):
-            return whole(grad, ns_coefficients, ns_steps, eps)
-        blocks = [whole(block, ns_coefficients, ns_steps, eps) for block in grad.chunk(3, dim=0)]  # 3 x (n, n)
-        return torch.cat(blocks) / math.sqrt(3)
-
-    muon._zeropower_via_newtonschulz = by_blocks
-
-
 def step_seconds(trainer) -> list[float]:
     """Seconds per optimizer step between consecutive training logs (the first log has no predecessor)."""
     tokens_per_step = None
@@ -122,7 +106,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for both runs")
     parser.add_argument("--muon_set", action="append", default=[], metavar="KEY=VALUE", help="for the Muon run")
     parser.add_argument("--eval_steps", type=int, default=25)
-    parser.add_argument("--muon_qkv", choices=["whole", "split"], default="whole")
+    parser.add_argument("--muon_qkv", choices=["split", "whole"], default="split",
+                        help="c_attn's q, k, v orthogonalised as three matrices (the recipe's) or as one")
     parser.add_argument("--timing_steps", type=int, default=40, help="optimizer steps of each timing run")
     parser.add_argument("--timing_rounds", type=int, default=3, help="alternating timing runs of each (0: none)")
     parser.add_argument("--work_dir", default=None, help="keep the runs here (default: a temporary directory)")
@@ -135,8 +120,8 @@ def main(argv=None) -> int:
     common = overrides(args.set) + ["--eval_steps", str(args.eval_steps), "--eval_strategy", "steps",
                                     "--logging_steps", str(args.eval_steps)]
     runs = {"AdamW": (Path(args.adamw), common), "Muon": (Path(args.muon), common + overrides(args.muon_set))}
-    if args.muon_qkv == "split":
-        split_qkv_orthogonalisation()  # only the Muon run has Muon groups
+    if args.muon_qkv == "whole":
+        optimization.FUSED_QKV_BLOCKS = 1  # c_attn as one (3n, n) matrix: no group of row blocks
     load_before = os.getloadavg()
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_optim-"))
 

@@ -9,7 +9,7 @@ import torch
 from helpers import REPO_ROOT, build_nanogpt_get_lr
 from recipe import GPTConfig, GPTForCausalLM
 from recipe.args import RecipeTrainingArguments, parse_settings
-from recipe.optimization import SCHEDULES, MuonWithAdamW, create_muon_optimizer, create_schedule
+from recipe.optimization import SCHEDULES, BlockwiseMuon, MuonWithAdamW, create_muon_optimizer, create_schedule
 
 
 def applied_rates(scheduler, steps: int) -> list[list[float]]:
@@ -37,7 +37,8 @@ def test_gpt2_cosine_is_build_nanogpts_get_lr_at_every_step():
         assert group_rates[warmup - 1] == peak  # the warm-up ends at the peak, where the cosine starts:
         assert group_rates[warmup] == pytest.approx(peak, rel=1e-15)  # min_lr + (max_lr - min_lr), rounded
         assert group_rates[max_steps] == group_rates[-1] == pytest.approx(peak * min_lr_rate, rel=1e-15)
-        assert all(later < earlier for earlier, later in zip(group_rates[warmup:max_steps], group_rates[warmup + 1:max_steps + 1]))
+        decay = group_rates[warmup:max_steps + 1]
+        assert all(later < earlier for earlier, later in zip(decay, decay[1:]))
 
     # The rate is a function of last_epoch alone (the loss-spike guard rewinds it for a skipped step), and the state
     # is plain numbers: it round-trips torch.load(weights_only=True), as Trainer reads scheduler.pt.
@@ -113,21 +114,45 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_with_its_rate_an
     optimizer = create_muon_optimizer(model, muon_arguments(tmp_path))
     names = {id(p): name for name, p in model.named_parameters()}
     groups = [(group, sorted(names[id(p)] for p in group["params"])) for group in optimizer.param_groups]
-    muon_matrices = sorted(f"transformer.h.{layer}.{matrix}.weight" for layer in range(2)
-                           for matrix in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
-    [(embeddings, embedding_names), (gains, gain_names), (matrices, matrix_names)] = groups
+    [(embeddings, embedding_names), (gains, gain_names), (qkv, qkv_names), (matrices, matrix_names)] = groups
     assert embedding_names == ["transformer.wpe.weight", "transformer.wte.weight"]  # wte is the tied head, once
     assert all(name.endswith(("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")) for name in gain_names)
-    assert matrix_names == muon_matrices
-    assert len(embedding_names) + len(gain_names) + len(matrix_names) == len(list(model.parameters()))
-    assert (embeddings["lr"], embeddings["weight_decay"], embeddings["betas"], embeddings["fused"]) == (3e-3, 0.1, (0.9, 0.95), True)
+    assert qkv_names == [f"transformer.h.{layer}.attn.c_attn.weight" for layer in range(2)] and qkv["row_blocks"] == 3
+    assert matrix_names == sorted(f"transformer.h.{layer}.{matrix}.weight" for layer in range(2)
+                                  for matrix in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert sum(len(names) for _, names in groups) == len(list(model.parameters()))
+    assert (embeddings["lr"], embeddings["weight_decay"], embeddings["betas"], embeddings["fused"]) == (
+        3e-3, 0.1, (0.9, 0.95), True)
     assert (gains["lr"], gains["weight_decay"]) == (3e-3, 0.0)
-    assert (matrices["lr"], matrices["weight_decay"], matrices["momentum"]) == (0.02, 0.01, 0.9)
+    for group in (qkv, matrices):
+        assert (group["lr"], group["weight_decay"], group["momentum"]) == (0.02, 0.01, 0.9)
     assert isinstance(optimizer.muon, torch.optim.Muon) and isinstance(optimizer.adamw, torch.optim.AdamW)
 
     with pytest.raises(ValueError, match=r"^Muon orthogonalises matrices, and transformer.ln_f.weight has shape "
                                          r"\(32,\): give it to AdamW$"):
         MuonWithAdamW([], [{"params": [("transformer.ln_f.weight", model.transformer.ln_f.weight)]}], {}, {})
+
+
+def test_row_blocks_are_orthogonalised_as_torchs_muon_does_separate_matrices():
+    """A (3n, n) q/k/v weight in a row_blocks=3 group moves exactly as torch.optim.Muon moves q, k and v held as
+    three (n, n) weights: momentum, Newton-Schulz, the rate scaling of an (n, n) shape and the decay, step by step."""
+    torch.manual_seed(0)
+    fused = torch.nn.Parameter(torch.randn(3 * 16, 16))
+    separate = [torch.nn.Parameter(block.detach().clone()) for block in fused.chunk(3)]
+    settings = dict(lr=0.02, momentum=0.95, weight_decay=0.1)
+    blockwise = BlockwiseMuon([{"params": [fused], "row_blocks": 3}], **settings)
+    reference = torch.optim.Muon(separate, **settings)
+    for step in range(4):
+        gradient = torch.randn(3 * 16, 16, generator=torch.Generator().manual_seed(step))
+        fused.grad = gradient.clone()
+        for parameter, block in zip(separate, gradient.chunk(3)):
+            parameter.grad = block.clone()
+        blockwise.step()
+        reference.step()
+        assert torch.equal(fused.detach(), torch.cat([parameter.detach() for parameter in separate])), step
+    assert blockwise.state[fused]["momentum_buffer"].shape == (48, 16)  # one buffer per parameter, as torch's
+    with pytest.raises(ValueError, match="c_attn has 48 rows, which do not split into 5 blocks"):
+        BlockwiseMuon([{"params": [("c_attn", torch.nn.Parameter(torch.zeros(48, 16)))], "row_blocks": 5}], **settings)
 
 
 def test_muon_state_round_trips_exactly_and_a_step_without_gradients_changes_nothing(tmp_path):
@@ -148,7 +173,7 @@ def test_muon_state_round_trips_exactly_and_a_step_without_gradients_changes_not
     model = tiny_gpt()
     optimizer = create_muon_optimizer(model, muon_arguments(tmp_path))
     scheduler = create_schedule("wsd", optimizer, 2, 8, {"decay_fraction": 0.5, "min_lr_rate": 0.0})
-    assert [group["lr"] for group in optimizer.param_groups] == [1.5e-3, 1.5e-3, 0.01]  # one schedule, three peaks
+    assert [group["lr"] for group in optimizer.param_groups] == [1.5e-3, 1.5e-3, 0.01, 0.01]  # one schedule
     train(optimizer, model, scheduler, range(2))
     momentum = {id(p): state["momentum_buffer"] for p, state in optimizer.state.items() if "momentum_buffer" in state}
     assert len(momentum) == 8 and all(buffer.abs().sum() > 0 for buffer in momentum.values())
