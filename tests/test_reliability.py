@@ -193,7 +193,7 @@ def test_the_muon_config_resumes_exactly_after_sigkill_and_loads(tmp_path):
     uninterrupted run (Muon's momentum buffers are in every checkpoint and restored); every step ran at wsd's
     rate; the result loads with from_pretrained."""
     config = json.loads((REPO_ROOT / "configs" / "shakespeare_muon.json").read_text())
-    config.update(max_steps=12, warmup_steps=2, save_steps=3, eval_steps=6, logging_steps=1, max_eval_samples=16,
+    config.update(max_steps=8, warmup_steps=2, save_steps=3, eval_steps=4, logging_steps=1, max_eval_samples=16,
                   per_device_train_batch_size=16, train_tokenizer_vocab_size=512, sample_max_new_tokens=0,
                   report_to="none")
     configs = {}
@@ -204,11 +204,12 @@ def test_the_muon_config_resumes_exactly_after_sigkill_and_loads(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     shutil.copytree(tmp_path / "whole" / "tokenizer", tmp_path / "killed" / "tokenizer")  # the same BPE, trained once
 
-    kill_after = random.randint(4, 10)  # after checkpoint-3; the number is in the failure message
+    kill_after = random.randint(4, 7)  # after checkpoint-3; the number is in the failure message
     process = start(configs["killed"], tmp_path / "killed.progress")
     wait_for(lambda: steps_done(tmp_path / "killed.progress") >= kill_after, process)
     process.kill()
     process.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it was killed"
     result = finish(configs["killed"], tmp_path / "killed.progress")
     assert result.returncode == 0, f"killed after step {kill_after}: {result.stderr[-3000:]}"
     assert "resuming from" in result.stdout
@@ -218,8 +219,8 @@ def test_the_muon_config_resumes_exactly_after_sigkill_and_loads(tmp_path):
     assert sum("momentum_buffer" in state for state in momentum.values()) == 4 * 4  # 4 blocks x 4 matrices
     history = json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["log_history"]
     rates = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
-    assert rates == [wsd_lr(step, config["learning_rate"], warmup_steps=2, max_steps=12, decay_fraction=0.4,
-                            min_lr_rate=0.1) for step in range(12)]
+    assert rates == [wsd_lr(step, config["learning_rate"], warmup_steps=2, max_steps=8, decay_fraction=0.4,
+                            min_lr_rate=0.1) for step in range(8)]
     evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     assert evals[-1] < evals[0]
     assert GPTForCausalLM.from_pretrained(tmp_path / "killed").config.n_layer == 4
