@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 import torch
 from transformers import HfArgumentParser, SchedulerType, TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from .checkpoints import RUN_CONFIG_FILE
 from .configuration_gpt import GPTConfig
 from .errors import CheckpointError, ConfigError
-from .optimization import SCHEDULES, check_schedule
+from .optimization import MUON, SCHEDULES, check_schedule, check_warmup_before_decay
 from .sources import classify_source
 
 MIN_TRAINED_VOCAB_SIZE = 257  # the 256 byte tokens every byte-level BPE starts from, plus <|endoftext|>
@@ -180,7 +181,21 @@ class RecipeTrainingArguments(TrainingArguments):
     """TrainingArguments with the GPT-2 reproductions' defaults (build-nanogpt, llm.c), plus the recipe's knobs."""
 
     # AdamW as in GPT-3's paper (Brown et al. 2020, appendix B) and the GPT-2 reproductions: betas (0.9, 0.95).
-    optim: str = field(default="adamw_torch_fused", metadata={"help": "The optimizer (Trainer's names)."})
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={"help": "The optimizer: any of Trainer's names, or muon: torch.optim.Muon for the 2-D weights inside "
+                          "the blocks and fused AdamW (learning_rate, weight_decay, adam_*) for the embeddings, the "
+                          "tied head, biases and gains (recipe.optimization)."},
+    )
+    muon_learning_rate: float = field(
+        default=0.02, metadata={"help": "optim=muon: the peak rate of the blocks' matrices (the schedule scales it "
+                                        "as it scales learning_rate)."}
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "optim=muon: Muon's (Nesterov) momentum."})
+    muon_weight_decay: float = field(
+        default=0.0, metadata={"help": "optim=muon: decoupled decay of the blocks' matrices (each step multiplies them "
+                                       "by 1 - rate x decay)."}
+    )
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
     learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
@@ -188,11 +203,14 @@ class RecipeTrainingArguments(TrainingArguments):
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clipping."})
     lr_scheduler_type: str = field(
         default="gpt2_cosine",
-        metadata={"help": "gpt2_cosine: the GPT-2 reproductions' warm-up (step 0 at peak / warmup_steps) and cosine "
-                          "(recipe.optimization), or any of Trainer's scheduler names."},
+        metadata={"help": "gpt2_cosine: the GPT-2 reproductions' warm-up (step 0 at peak / warmup_steps) and cosine; "
+                          "wsd: that warm-up, a constant rate, and a linear decay over the last decay_fraction of the "
+                          "run (recipe.optimization); or any of Trainer's scheduler names."},
     )
     lr_scheduler_kwargs: dict | str | None = field(
-        default_factory=lambda: {"min_lr_rate": 0.1}, metadata={"help": "Cosine decay to 10% of the peak."}
+        default_factory=lambda: {"min_lr_rate": 0.1},
+        metadata={"help": "The schedule's settings: min_lr_rate (the floor, a fraction of the peak: 10%); for wsd also "
+                          "decay_fraction (0.4)."},
     )
     bf16: bool | None = field(
         default=None, metadata={"help": "bf16 autocast. Absent: on when the GPU supports it, fp32 on CPU."}
@@ -285,9 +303,15 @@ class RecipeTrainingArguments(TrainingArguments):
         elif schedule not in {member.value for member in SchedulerType} and not isinstance(schedule, SchedulerType):
             raise ConfigError(f"lr_scheduler_type={schedule!r} is not a schedule: the recipe's are "
                               f"{sorted(SCHEDULES)}, transformers' {[member.value for member in SchedulerType]}")
+        # The same for optim (OptimizerNames).
+        optimizer = self.optim
+        if optimizer == MUON:
+            self.optim = OptimizerNames.ADAMW_TORCH_FUSED
         super().__post_init__()
         if schedule in SCHEDULES:
             self.lr_scheduler_type = schedule
+        if optimizer == MUON:
+            self.optim = MUON
 
 
 @dataclass
@@ -526,6 +550,9 @@ def check_settings(settings: Settings) -> None:
         )
     try:
         check_schedule(training.lr_scheduler_type, training.lr_scheduler_kwargs)
+        if training.max_steps > 0:
+            check_warmup_before_decay(training.lr_scheduler_type, training.lr_scheduler_kwargs,
+                                      training.get_warmup_steps(training.max_steps), training.max_steps)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if data.streaming and training.dataloader_num_workers > 0:
@@ -545,6 +572,19 @@ def check_settings(settings: Settings) -> None:
     for key in ("nonfinite_loss", "spike_guard"):
         if getattr(training, key) == "skip" and uses_deepspeed:
             raise ConfigError(f'{key}="skip" does not work with DeepSpeed, which steps inside its backward; use "stop"')
+    if training.optim == MUON:
+        uses_fsdp = bool(training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if uses_fsdp or uses_deepspeed:
+            raise ConfigError(
+                f"optim=muon does not work with {'FSDP' if uses_fsdp else 'DeepSpeed'}, which shards the matrices that "
+                f"Muon must orthogonalise whole: use data parallel (DDP), or an AdamW optim"
+            )
+        for key in ("muon_learning_rate", "muon_momentum"):
+            value = getattr(training, key)
+            if not (value > 0 and math.isfinite(value)) or (key == "muon_momentum" and value >= 1):
+                raise ConfigError(f"{key}={value} must be positive{' and below 1' if key == 'muon_momentum' else ''}")
+        if not (training.muon_weight_decay >= 0 and math.isfinite(training.muon_weight_decay)):
+            raise ConfigError(f"muon_weight_decay={training.muon_weight_decay} must be 0 or more")
     if training.hellaswag_steps > 0 and not training.hellaswag_file:
         raise ConfigError(f"hellaswag_steps={training.hellaswag_steps} needs hellaswag_file (a local jsonl)")
     if training.hellaswag_file and not Path(training.hellaswag_file).is_file():

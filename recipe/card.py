@@ -151,9 +151,14 @@ def _training(run_dir: Path, run_config: dict, trainer_state: dict) -> list[tupl
             schedule += f", {run_config['warmup_steps']:g} warmup steps"
         rows.append(("learning rate", schedule))
     if "optim" in run_config:
-        rows.append(("optimizer", f"{run_config['optim']} (betas {run_config.get('adam_beta1')}, "
-                                  f"{run_config.get('adam_beta2')}; weight decay {run_config.get('weight_decay')}; "
-                                  f"gradient clipping {run_config.get('max_grad_norm')})"))
+        adamw = (f"betas {run_config.get('adam_beta1')}, {run_config.get('adam_beta2')}; weight decay "
+                 f"{run_config.get('weight_decay')}; gradient clipping {run_config.get('max_grad_norm')}")
+        if run_config["optim"] == "muon":
+            rows.append(("optimizer", f"Muon for the blocks' matrices (peak {run_config.get('muon_learning_rate'):g}, "
+                                      f"momentum {run_config.get('muon_momentum')}, weight decay "
+                                      f"{run_config.get('muon_weight_decay')}), AdamW for the rest ({adamw})"))
+        else:
+            rows.append(("optimizer", f"{run_config['optim']} ({adamw})"))
     if "bf16" in run_config:
         rows.append(("precision", "bf16 autocast" if run_config["bf16"] else "fp32"))
     runtime = _read_json(run_dir / metrics_file("train")).get("train_runtime")

@@ -3,9 +3,11 @@
 - Parameter groups: weight decay on exactly the 2-D tensors (matmul weights and embeddings; the tied embedding and
   LM head are one tensor, counted once), none on biases and LayerNorm gains (nanoGPT's `configure_optimizers`,
   llm.c). The optimizer over them is any of Trainer's `optim` names (default: fused AdamW).
+- Muon (torch.optim.Muon) for the 2-D weights inside the blocks with AdamW for the rest, as one optimizer.
 - Schedules by name, beside transformers' own (`lr_scheduler_type`): `gpt2_cosine` is the GPT-2 reproductions'
   warm-up and cosine (build-nanogpt's `get_lr`, llm.c's `get_learning_rate`), step for step. transformers'
   `cosine_with_min_lr` warms up as step / W, so the first step of a run has rate 0 and the warm-up lags a step.
+  `wsd` is that warm-up, a stable phase and a linear decay over the last fraction of the run (the speedruns').
 """
 
 import inspect
@@ -20,6 +22,123 @@ from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
 def decay_parameter_names(model: torch.nn.Module) -> list[str]:
     """Decay every 2-D tensor (matmul weights, embeddings); never biases or LayerNorm gains."""
     return [name for name, parameter in model.named_parameters() if parameter.dim() >= 2]
+
+
+# -- Muon for the blocks' matrices, AdamW for the rest ------------------------------------------------------------
+
+MUON = "muon"  # the recipe's `optim` name, beside Trainer's
+
+
+def muon_parameter_names(model: torch.nn.Module) -> list[str]:
+    """The 2-D weights inside the transformer blocks (the modules named by `_no_split_modules`): the hidden layers
+    Muon is for. The token and position embeddings, the tied LM head, biases and LayerNorm gains stay with AdamW
+    (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks"; modded-nanogpt, nanochat)."""
+    block_classes = set(model._no_split_modules or ())
+    in_blocks = {id(parameter) for module in model.modules() if type(module).__name__ in block_classes
+                 for parameter in module.parameters()}
+    return [name for name, parameter in model.named_parameters()
+            if parameter.requires_grad and id(parameter) in in_blocks and parameter.dim() == 2]
+
+
+# c_attn holds q, k and v in one (3n, n) matrix. Orthogonalised as three (n, n) matrices, each with the rate
+# scaling of its own shape, as if they were separate weights, the quick start reached a validation loss 0.029 and
+# 0.023 nats lower (two seeds) than as one matrix (benchmarks/RESULTS.md, "Muon's q, k and v").
+FUSED_QKV_BLOCKS = 3
+
+
+def fused_qkv_names(model: torch.nn.Module) -> list[str]:
+    """The blocks' fused q/k/v weights: the `c_attn` matrices, FUSED_QKV_BLOCKS x n_embd rows by n_embd columns."""
+    return [name for name, parameter in model.named_parameters()
+            if name.endswith("attn.c_attn.weight") and parameter.shape[0] == FUSED_QKV_BLOCKS * parameter.shape[1]]
+
+
+class BlockwiseMuon(torch.optim.Muon):
+    """torch.optim.Muon, except that in a group with `row_blocks: k` each matrix is k matrices stacked by rows (a
+    fused q/k/v weight): each block gets its own momentum rows, Newton-Schulz orthogonalisation and rate scaling,
+    exactly as torch's Muon treats k separate matrices (tested), while the state stays one buffer per parameter.
+    Hand-written because torch's Muon orthogonalises whole tensors only; it hands torch's own update row-block
+    views, through the one method that gathers a group's tensors."""
+
+    def __init__(self, params, **defaults):
+        super().__init__(params, **defaults)
+        for group in self.param_groups:
+            for name, parameter in zip(group.get("param_names", [""] * len(group["params"])), group["params"]):
+                if parameter.shape[0] % group.get("row_blocks", 1):
+                    raise ValueError(f"{name} has {parameter.shape[0]} rows, which do not split into "
+                                     f"{group['row_blocks']} blocks")
+
+    def _init_group(self, group, params_with_grad, grads, muon_momentum_bufs):
+        has_complex = super()._init_group(group, params_with_grad, grads, muon_momentum_bufs)
+        blocks = group.get("row_blocks", 1)
+        if blocks > 1:
+            for tensors in (params_with_grad, grads, muon_momentum_bufs):
+                tensors[:] = [block for tensor in tensors for block in tensor.chunk(blocks)]  # (k n, m) -> k x (n, m)
+        return has_complex
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """One optimizer, as Trainer holds one: torch.optim.AdamW for its `adamw_groups`, BlockwiseMuon (torch's Muon)
+    for its `muon_groups` (groups of (name, parameter) pairs). Both are torch's implementations; this class only
+    lets them share one list of param_groups (the very dicts, so the LR scheduler sets every group's rate) and one
+    state (keyed by parameter), so that state_dict() / load_state_dict() are torch's own format, Muon's momentum
+    buffers and AdamW's moments included. A parameter whose .grad is None is left untouched by both (the
+    non-finite guard's skip relies on it)."""
+
+    def __init__(self, adamw_groups: list[dict], muon_groups: list[dict], adamw_defaults: dict, muon_defaults: dict):
+        for group in muon_groups:
+            for name, parameter in group["params"]:
+                if parameter.dim() != 2:
+                    raise ValueError(f"Muon orthogonalises matrices, and {name} has shape {tuple(parameter.shape)}: "
+                                     f"give it to AdamW")
+        self.adamw = torch.optim.AdamW(adamw_groups, **adamw_defaults)
+        self.muon = BlockwiseMuon(muon_groups, **muon_defaults)
+        super().__init__([*self.adamw.param_groups, *self.muon.param_groups], defaults={})
+        self._share()
+
+    def _share(self) -> None:
+        adamw_count = len(self.adamw.param_groups)
+        self.adamw.param_groups = self.param_groups[:adamw_count]
+        self.muon.param_groups = self.param_groups[adamw_count:]
+        self.adamw.state = self.muon.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)  # new group dicts and a new state: share them again
+        self._share()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.adamw.step()
+        self.muon.step()
+        return loss
+
+
+def create_muon_optimizer(model: torch.nn.Module, args) -> MuonWithAdamW:
+    """The groups of a Muon run, each with its own rate and decay: the embeddings and tied head (AdamW:
+    learning_rate, weight_decay), the biases and gains (AdamW: learning_rate, no decay), and the blocks' matrices
+    (Muon: muon_learning_rate, muon_momentum, muon_weight_decay), the fused q/k/v ones in FUSED_QKV_BLOCKS row
+    blocks. AdamW's betas and eps are the run's adam_* settings."""
+    muon_names, qkv_names = set(muon_parameter_names(model)), set(fused_qkv_names(model))
+    named = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+    adamw = [(name, parameter) for name, parameter in named if name not in muon_names]
+    adamw_groups = [
+        {"params": [(n, p) for n, p in adamw if p.dim() >= 2], "weight_decay": args.weight_decay},
+        {"params": [(n, p) for n, p in adamw if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    muon_groups = [
+        {"params": [(n, p) for n, p in named if n in muon_names and n in qkv_names], "row_blocks": FUSED_QKV_BLOCKS},
+        {"params": [(n, p) for n, p in named if n in muon_names and n not in qkv_names]},
+    ]
+    return MuonWithAdamW(
+        [group for group in adamw_groups if group["params"]], [group for group in muon_groups if group["params"]],
+        adamw_defaults={"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon,
+                        "fused": True},
+        muon_defaults={"lr": args.muon_learning_rate, "momentum": args.muon_momentum,
+                       "weight_decay": args.muon_weight_decay},
+    )
 
 
 # -- schedules: the rate of the 0-based optimizer step `step`, from the peak rate of a parameter group ----------
@@ -39,8 +158,29 @@ def gpt2_cosine_lr(step: int, max_lr: float, *, warmup_steps: int, max_steps: in
     return min_lr + coeff * (max_lr - min_lr)
 
 
-SCHEDULES = {"gpt2_cosine": gpt2_cosine_lr}
-SCHEDULE_KWARGS = {"gpt2_cosine": {"min_lr_rate": 0.1}}  # lr_scheduler_kwargs each schedule takes, with defaults
+def wsd_lr(step: int, max_lr: float, *, warmup_steps: int, max_steps: int, decay_fraction: float,
+           min_lr_rate: float) -> float:
+    """Warm-up / stable / decay, the speedruns' schedule: gpt2_cosine's warm-up, then max_lr, then over the last
+    decay_fraction of the run a linear decay that reaches min_lr = min_lr_rate * max_lr at step max_steps (the
+    decay of modded-nanogpt's `get_lr`: from progress step / max_steps = 1 - decay_fraction on, the weight
+    w = (1 - progress) / decay_fraction goes from 1 to 0 between max_lr and min_lr); min_lr after. A constant rate
+    until the decay lets a run be continued from any checkpoint of its stable phase (Hägele et al. 2024)."""
+    min_lr = max_lr * min_lr_rate
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = step / max_steps
+    if progress < 1 - decay_fraction:
+        return max_lr
+    weight = (1 - progress) / decay_fraction  # 1 -> 0
+    return weight * max_lr + (1 - weight) * min_lr
+
+
+SCHEDULES = {"gpt2_cosine": gpt2_cosine_lr, "wsd": wsd_lr}
+# The lr_scheduler_kwargs each schedule takes, with their defaults: gpt2_cosine decays to 10% as build-nanogpt does;
+# wsd decays over the last 40% of the run to 10%, modded-nanogpt's cooldown_frac and floor.
+SCHEDULE_KWARGS = {"gpt2_cosine": {"min_lr_rate": 0.1}, "wsd": {"decay_fraction": 0.4, "min_lr_rate": 0.1}}
 
 
 def schedule_arguments(name: str, lr_scheduler_kwargs: dict | None) -> dict:
@@ -55,7 +195,20 @@ def schedule_arguments(name: str, lr_scheduler_kwargs: dict | None) -> dict:
     for key, value in arguments.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ValueError(f"lr_scheduler_kwargs {key}={value!r} must be a number in [0, 1]")
+    if arguments.get("decay_fraction", 1.0) == 0:
+        raise ValueError("lr_scheduler_kwargs decay_fraction=0 leaves no steps to decay in: use (0, 1]")
     return arguments
+
+
+def check_warmup_before_decay(name: str, lr_scheduler_kwargs: dict | None, warmup_steps: int, max_steps: int) -> None:
+    """A ValueError when the warm-up would run into the decay of a wsd run."""
+    if name != "wsd":
+        return
+    decay_fraction = schedule_arguments(name, lr_scheduler_kwargs)["decay_fraction"]
+    if warmup_steps > (1 - decay_fraction) * max_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} runs into the decay, which starts at step "
+                         f"{(1 - decay_fraction) * max_steps:g} of {max_steps} (decay_fraction={decay_fraction}): "
+                         f"shorten the warm-up or the decay")
 
 
 def check_schedule(name: str, lr_scheduler_kwargs: dict | None) -> None:
@@ -83,6 +236,7 @@ class StepSchedule(LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, max_steps: int,
                  **lr_scheduler_kwargs):
+        check_warmup_before_decay(name, lr_scheduler_kwargs, warmup_steps, max_steps)
         self.name = name
         self.arguments = {"warmup_steps": warmup_steps, "max_steps": max_steps,
                           **schedule_arguments(name, lr_scheduler_kwargs)}
@@ -97,3 +251,18 @@ def create_schedule(name: str, optimizer: torch.optim.Optimizer, warmup_steps: i
                     lr_scheduler_kwargs: dict | None) -> StepSchedule:
     """One of the recipe's SCHEDULES for a run of max_steps optimizer steps."""
     return StepSchedule(optimizer, name, warmup_steps, max_steps, **(lr_scheduler_kwargs or {}))
+
+
+def describe_optimization(args) -> str:
+    """The optimizer and schedule of a run, in one line for its plan."""
+    if args.optim == MUON:
+        optimizer = (f"Muon on the blocks' matrices (rate {args.muon_learning_rate:g}, momentum "
+                     f"{args.muon_momentum:g}, decay {args.muon_weight_decay:g}) + AdamW on the embeddings, head, "
+                     f"biases and gains")
+    else:
+        optimizer = str(getattr(args.optim, "value", args.optim))
+    schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    kwargs = ", ".join(f"{key} {value:g}" for key, value in (args.lr_scheduler_kwargs or {}).items())
+    return (f"{optimizer} (rate {args.learning_rate:g}, betas ({args.adam_beta1:g}, {args.adam_beta2:g}), decay "
+            f"{args.weight_decay:g} on 2-D tensors); {schedule} schedule ({kwargs}) after {args.warmup_steps:g} "
+            f"warm-up steps")

@@ -27,6 +27,7 @@ from recipe.args import Settings, check_output_dir, parse_settings  # noqa: E402
 from recipe.checkpoints import RUN_CONFIG_FILE, last_complete_checkpoint, resume_checkpoint  # noqa: E402
 from recipe.errors import RecipeError, TrainingStopped  # noqa: E402
 from recipe.flops import choose_loss_chunk_size, describe_validation, run_plan  # noqa: E402
+from recipe.optimization import describe_optimization  # noqa: E402
 from recipe.sources import build_model  # noqa: E402
 from recipe.tokenization import load_tokenizer  # noqa: E402
 
@@ -50,6 +51,7 @@ def plan(settings: Settings, model) -> dict:
     run = {"data": settings.describe_data(), "validation": describe_validation(settings.to_dict()),
            **run_plan(settings, model)}
     run["loss"] += f" ({why})"
+    run["optimization"] = describe_optimization(training)
     return run
 
 

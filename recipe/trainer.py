@@ -1,7 +1,8 @@
 """GPTTrainer: transformers' Trainer with the few overrides pre-training GPT-2 needs.
 
 - the optimizer and schedule of recipe.optimization: weight decay on exactly the 2-D tensors (matmuls and
-  embeddings), as nanoGPT / llm.c do; the GPT-2 reproductions' schedule by name, beside transformers' own;
+  embeddings), as nanoGPT / llm.c do, or Muon for the blocks' matrices with AdamW for the rest; the GPT-2
+  reproductions' schedules by name, beside transformers' own;
 - a guard at every optimizer step, before the optimizer applies it: a non-finite loss or gradient stops the run
   (or skips that step), and so does a gradient norm of exactly zero (no gradient reached the parameters: the run
   would train nothing), so nothing of that step is applied or saved; optionally a loss or gradient norm far above
@@ -55,7 +56,7 @@ from .checkpoints import (
 from .curves import plot_runs
 from .errors import DataError, TrainingStopped
 from .flops import model_flops_per_token, peak_flops
-from .optimization import SCHEDULES, create_schedule, decay_parameter_names
+from .optimization import MUON, SCHEDULES, create_muon_optimizer, create_schedule, decay_parameter_names
 from .scoring import loss_metrics, next_token_sums, process_share
 from .spikes import SpikeDetector
 from .stream import BlockStream
@@ -114,6 +115,13 @@ class GPTTrainer(Trainer):
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return decay_parameter_names(model)
+
+    def create_optimizer(self, model=None):
+        """optim=muon: Muon for the blocks' matrices with AdamW for the rest (recipe.optimization); any other name
+        through Trainer, with the recipe's decay groups."""
+        if self.optimizer is None and self.args.optim == MUON:
+            self.optimizer = create_muon_optimizer(self.model if model is None else model, self.args)
+        return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """The recipe's schedules by name (recipe.optimization.SCHEDULES); transformers' through Trainer."""

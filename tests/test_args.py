@@ -52,13 +52,20 @@ BAD_CONFIGS = {
     "zero batch": ({"per_device_train_batch_size": 0}, [], "per_device_train_batch_size=0 must be positive"),
     "warm-up longer than the run": ({"warmup_steps": 50, "max_steps": 50}, [], "warmup_steps=50 is not shorter than the run (max_steps=50)"),
     "unknown schedule": ({"lr_scheduler_type": "gpt2_cosin"}, [], "lr_scheduler_type='gpt2_cosin' is not a schedule: "
-                         "the recipe's are ['gpt2_cosine'], transformers' ['linear', "),
+                         "the recipe's are ['gpt2_cosine', 'wsd'], transformers' ['linear', "),
     "schedule kwargs the schedule does not take": (
         {"lr_scheduler_type": "linear"}, [], "lr_scheduler_kwargs has ['min_lr_rate'], which lr_scheduler_type=linear "
         "does not take (it takes []): set lr_scheduler_kwargs to what it takes, or {}"
     ),
     "a floor above the peak": ({"lr_scheduler_kwargs": {"min_lr_rate": 2}}, [],
                                "lr_scheduler_kwargs min_lr_rate=2 must be a number in [0, 1]"),
+    "Muon with FSDP": ({"optim": "muon", "fsdp": "full_shard"}, [], "optim=muon does not work with FSDP, which shards "
+                       "the matrices that Muon must orthogonalise whole: use data parallel (DDP), or an AdamW optim"),
+    "Muon momentum of 1": ({"optim": "muon"}, ["--muon_momentum", "1"], "muon_momentum=1.0 must be positive and below 1"),
+    "a wsd warm-up into its decay": (
+        {"lr_scheduler_type": "wsd", "lr_scheduler_kwargs": {"decay_fraction": 0.9}}, [],
+        "warmup_steps=5 runs into the decay, which starts at step 3 of 30 (decay_fraction=0.9)"
+    ),
     "bf16 without a GPU": ({"bf16": True}, [], "bf16=true needs a GPU with bfloat16 support"),
     "no data": ({"train_files": None}, [], "no training data"),
     "HellaSwag file missing": ({"hellaswag_steps": 10, "hellaswag_file": "nowhere.jsonl"}, [],

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +48,24 @@ def test_gpu_check_dry_runs_on_cpu():
     assert sum("compiled vs eager gradients" in row for row in passed) == 2
     assert any("generate the same tokens" in row for row in passed)
     assert "plain PyTorch (nanoGPT style)" in output and "GPT2LMHeadModel" in output
+
+
+def test_bench_optim_trains_adamw_and_muon_from_the_same_start_and_prints_the_ratio(tmp_path):
+    """bench_optim at a tiny size: a 1-layer GPT on four plays with a 512-token BPE, 4 steps each."""
+    tiny = dict(model_config={"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}, max_steps=4,
+                warmup_steps=1, train_tokenizer_vocab_size=512, max_eval_samples=8)
+    adamw = tiny_config(tmp_path, "adamw", **tiny)
+    muon = tiny_config(tmp_path, "muon", optim="muon", lr_scheduler_type="wsd",
+                       lr_scheduler_kwargs={"decay_fraction": 0.5, "min_lr_rate": 0.0}, **tiny)
+    output = run([sys.executable, "benchmarks/bench_optim.py", "--adamw", str(adamw), "--muon", str(muon),
+                  "--eval_steps", "2", "--timing_steps", "4", "--timing_rounds", "1",
+                  "--plot", str(tmp_path / "overlay.png")])
+    assert output.startswith("### AdamW vs Muon: validation loss against tokens")
+    assert "- command: `python benchmarks/bench_optim.py" in output and "- machine: " in output
+    assert "the same initial weights" in output and "one tokenizer, one data order" in output
+    rows = [line for line in output.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| tokens | AdamW val loss") and "| Muon val loss" in rows[0]
+    assert [row.split(" | ")[0] for row in rows[1:3]] == ["| 1,024", "| 2,048"]  # an evaluation every 2 steps
+    assert any(row.startswith("| Muon's tokens to AdamW's final val loss |") for row in rows)
+    assert any(row.startswith("| median step time (ms) |") for row in rows)
+    assert (tmp_path / "overlay.png").stat().st_size > 0  # recipe.plot's overlay of the two runs

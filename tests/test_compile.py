@@ -114,3 +114,26 @@ def test_compiled_static_cache_decoding_gives_the_eager_tokens():
     eager = generate_text(model, tokenizer, "To be, or not to be", max_new_tokens=12, temperature=0)
     compiled = generate_text(model, tokenizer, "To be, or not to be", max_new_tokens=12, temperature=0, compile=True)
     assert compiled == eager
+
+
+def test_muon_trains_the_compiled_model_as_it_trains_the_eager_one(tmp_path):
+    """optim=muon with Trainer's torch_compile: the optimizer is built on the model's own parameters before
+    accelerate compiles it, so the compiled module trains the same weights, bit for bit (Dynamo's eager backend:
+    the compiler's own numerics are the other tests' subject)."""
+    from helpers import tiny_config
+    from recipe.args import parse_settings
+    from recipe.train import train
+
+    final = {}
+    for name, compiled in (("eager", {}), ("compiled", {"torch_compile": True, "torch_compile_backend": "eager"})):
+        config = tiny_config(tmp_path, name, optim="muon", max_steps=2, warmup_steps=1, eval_strategy="no",
+                             save_strategy="no", sample_max_new_tokens=0, **compiled)
+        trainer = train(parse_settings(config, []))
+        assert (type(trainer.model_wrapped).__name__ == "OptimizedModule") == bool(compiled)
+        optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+        assert optimized == {id(p) for p in trainer.model_wrapped.parameters()}
+        state = trainer.optimizer.optimizer.state  # AdamW's and Muon's, one dict
+        assert sum("momentum_buffer" in moments for moments in state.values()) == 2 * 4  # 2 blocks x 4 matrices
+        final[name] = {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
+    for key, value in final["eager"].items():
+        assert torch.equal(final["compiled"][key], value), key

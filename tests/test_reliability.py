@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO_ROOT, damage_file, one_error_line, tiny_config
+from recipe.modeling_gpt import GPTForCausalLM
+from recipe.optimization import wsd_lr
 from recipe.train import main
 
 pytestmark = pytest.mark.slow
@@ -275,3 +277,42 @@ def test_a_damaged_checkpoint_error_is_one_line_naming_the_file(tmp_path, capsys
     assert error.count("\n") == 1
     assert f"error: {damaged} is corrupt or truncated" in error
     assert "Delete" in error and "checkpoint-3" in error
+
+
+def test_the_muon_config_resumes_exactly_after_sigkill_and_loads(tmp_path):
+    """configs/shakespeare_muon.json, shortened: killed at a random step and rerun, it ends with the weights of the
+    uninterrupted run (Muon's momentum buffers are in every checkpoint and restored); every step ran at wsd's
+    rate; the result loads with from_pretrained."""
+    config = json.loads((REPO_ROOT / "configs" / "shakespeare_muon.json").read_text())
+    config.update(max_steps=8, warmup_steps=2, save_steps=3, eval_steps=4, logging_steps=1, max_eval_samples=16,
+                  per_device_train_batch_size=16, train_tokenizer_vocab_size=512, sample_max_new_tokens=0,
+                  report_to="none")
+    configs = {}
+    for name in ("whole", "killed"):
+        configs[name] = tmp_path / f"{name}.json"
+        configs[name].write_text(json.dumps({**config, "output_dir": str(tmp_path / name)}))
+    result = finish(configs["whole"], tmp_path / "whole.progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copytree(tmp_path / "whole" / "tokenizer", tmp_path / "killed" / "tokenizer")  # the same BPE, trained once
+
+    kill_after = random.randint(4, 7)  # after checkpoint-3; the number is in the failure message
+    process = start(configs["killed"], tmp_path / "killed.progress")
+    wait_for(lambda: steps_done(tmp_path / "killed.progress") >= kill_after, process)
+    process.kill()
+    process.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it was killed"
+    result = finish(configs["killed"], tmp_path / "killed.progress")
+    assert result.returncode == 0, f"killed after step {kill_after}: {result.stderr[-3000:]}"
+    assert "resuming from" in result.stdout
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "killed"))
+
+    momentum = torch.load(tmp_path / "whole" / "checkpoint-3" / "optimizer.pt", weights_only=True)["state"]
+    assert sum("momentum_buffer" in state for state in momentum.values()) == 4 * 4  # 4 blocks x 4 matrices
+    history = json.loads((tmp_path / "whole" / "trainer_state.json").read_text())["log_history"]
+    rates = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+    assert rates == [wsd_lr(step, config["learning_rate"], warmup_steps=2, max_steps=8, decay_fraction=0.4,
+                            min_lr_rate=0.1) for step in range(8)]
+    evals = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    assert evals[-1] < evals[0]
+    assert GPTForCausalLM.from_pretrained(tmp_path / "killed").config.n_layer == 4
+    assert "Muon for the blocks' matrices (peak 0.03" in (tmp_path / "killed" / "README.md").read_text()  # the card

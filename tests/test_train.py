@@ -63,9 +63,10 @@ def test_tiny_run_learns_and_its_output_loads_anywhere(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_accumulation(tmp_path):
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "muon"])
+def test_two_processes_equal_one_process_with_accumulation(tmp_path, optim):
     common = {"max_steps": 6, "eval_strategy": "no", "save_strategy": "no", "sample_max_new_tokens": 0,
-              "per_device_train_batch_size": 4}
+              "per_device_train_batch_size": 4, "optim": optim}
     single = tiny_config(tmp_path, "single", gradient_accumulation_steps=2, **common)
     parallel = tiny_config(tmp_path, "parallel", **common)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -184,6 +185,18 @@ def test_gpt2_124m_config_passes_the_dry_run(capsys):
     assert plan["validation"].startswith("build-nanogpt's FineWeb-Edu validation shard, the first 100,000,000 tokens "
                                          "of the training documents")
     assert "its first 1,280 blocks (the 20 x 64 x 1,024 tokens its loop scores" in plan["validation"]
+    assert plan["optimization"].startswith("adamw_torch_fused") and "gpt2_cosine schedule" in plan["optimization"]
+
+    # The Muon plan: the same model and batch, two thirds of the tokens (README, "Choosing the optimizer").
+    assert main([str(REPO_ROOT / "configs" / "gpt2_124m_muon.json"), "--dry_run", "--dry_run_num_gpus", "8"]) == 0
+    output = capsys.readouterr().out
+    muon = json.loads(output[output.index("{"):])
+    assert muon["parameters"] == plan["parameters"] and muon["tokens_per_step"] == plan["tokens_per_step"]
+    assert muon["total_tokens"] == 12_716 * 524_288 == pytest.approx(plan["total_tokens"] * 2 / 3, rel=1e-4)
+    hours = [float(run["estimate"].split(" h ")[0]) for run in (plan, muon)]
+    assert hours[1] == pytest.approx(hours[0] * 2 / 3, abs=0.01)
+    assert muon["optimization"].startswith("Muon on the blocks' matrices") and "wsd schedule" in muon["optimization"]
+    assert muon["validation"] == plan["validation"]  # the same yardstick: build-nanogpt's validation tokens
 
 
 def test_push_to_hub_uploads_weights_config_code_tokenizer_and_card_in_one_commit(tmp_path, monkeypatch):
