@@ -49,6 +49,14 @@ CANDIDATES = {
     "4x64, 889 steps": candidate(889, **shape(4, 64, 4)),
     "4x96, batch 32, 933 steps": candidate(933, **shape(4, 96, 4), per_device_train_batch_size=32),
     "4x96, 467 steps, lr 6e-3": candidate(467, **shape(4, 96, 4), learning_rate=6e-3),
+    "4x64, batch 32, 1778 steps": candidate(1778, **shape(4, 64, 4), per_device_train_batch_size=32),
+    "4x80, batch 32, 1254 steps": candidate(1254, **shape(4, 80, 4), per_device_train_batch_size=32),
+    "3x96, batch 32, 1136 steps": candidate(1136, **shape(3, 96, 3), per_device_train_batch_size=32),
+    "3x64, 1058 steps": candidate(1058, **shape(3, 64, 4)),
+    "4x48, 1370 steps": candidate(1370, **shape(4, 48, 4)),
+    "6x64, 674 steps": candidate(674, **shape(6, 64, 4)),
+    "4x64, 889 steps, lr 6e-3": candidate(889, **shape(4, 64, 4), learning_rate=6e-3),
+    "4x64, BPE 1536, 977 steps": candidate(977, **shape(4, 64, 4), train_tokenizer_vocab_size=1536),
 }
 
 

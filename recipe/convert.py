@@ -9,7 +9,7 @@ The conversion itself lives in recipe.sources.
 import argparse
 import sys
 
-from .errors import RecipeError
+from .errors import RecipeError, exit_command
 from .sources import from_openai, load_model, load_openai_gpt2, to_openai
 
 __all__ = ["main", "from_openai", "to_openai", "load_openai_gpt2", "load_model"]  # documented here too
@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -12,7 +12,7 @@ import json
 import sys
 
 from .args import parse_settings
-from .errors import ConfigError, DataError, RecipeError
+from .errors import ConfigError, DataError, RecipeError, exit_command
 from .pipeline import (
     collate_blocks,
     group_into_blocks,
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -22,7 +22,7 @@ from transformers.utils.logging import disable_progress_bar
 
 from .args import parse_settings
 from .checkpoints import BASELINE_FILE, evaluation_file
-from .errors import ConfigError, RecipeError
+from .errors import ConfigError, RecipeError, exit_command
 from .pipeline import validation_blocks
 from .prepared import open_prepared, prepared_with
 from .scoring import download_hellaswag, evaluate_perplexity, read_hellaswag, score_hellaswag
@@ -94,4 +94,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -14,7 +14,7 @@ import torch
 from transformers import TextStreamer
 from transformers.utils.logging import disable_progress_bar
 
-from .errors import ConfigError, RecipeError
+from .errors import ConfigError, RecipeError, exit_command
 from .sampling import check_sampling, generate_text
 from .sources import load_model_and_tokenizer
 
@@ -58,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .checkpoints import PLOT_FILE
 from .curves import plot_runs
-from .errors import ConfigError, RecipeError
+from .errors import ConfigError, RecipeError, exit_command
 
 
 def parse_reference(text: str) -> tuple[float, str]:
@@ -43,4 +43,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

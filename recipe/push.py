@@ -8,7 +8,7 @@ Everything goes up in one commit; checkpoints and pickles stay local (recipe.hub
 import argparse
 import sys
 
-from .errors import RecipeError
+from .errors import RecipeError, exit_command
 from .hub import push_run
 
 
@@ -28,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_command(main())

@@ -90,6 +90,8 @@ def _gpt2_id_defining_parts() -> dict:
 def is_gpt2_bpe(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether `tokenizer` gives exactly GPT-2's ids: the same vocab, merges, pre-tokenization and special token as
     the bundled files, whatever it is called or wherever it was loaded from."""
+    if len(tokenizer) != GPT2_VOCAB_SIZE:  # cheap, and the answer for every trained BPE
+        return False
     return _id_defining_parts(tokenizer) == _gpt2_id_defining_parts()
 
 
