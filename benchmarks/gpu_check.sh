@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One H100 or H200, no network, about 6 minutes: does the 124M path learn through Trainer, is it right under
-# torch.compile, is its step at least the plain PyTorch reference's, how fast does it decode.
+# One H100 or H200, no network, sized for about 6 minutes (not yet run on a GPU): does the 124M path learn through
+# Trainer, is it right under torch.compile, is its step at least the plain PyTorch reference's, how fast does it decode.
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine (needs this package's dependencies)
 #   bash benchmarks/gpu_check.sh --device cpu     # dry run of every step at a tiny shape
 # The lent GPU machine has no network and lacks a few dependencies: run benchmarks/gpu_wheels.sh here first, carry
