@@ -62,7 +62,7 @@ CANDIDATES = {
 
 def run(name: str, overrides: dict, workdir: Path, threads: int | None) -> dict:
     slug = "".join(char if char.isalnum() else "-" for char in name)
-    config = {**json.loads(CONFIG.read_text()), **overrides, "output_dir": str(workdir / slug), "report_to": "none"}
+    config = {**json.loads(CONFIG.read_text()), **overrides, "output_dir": str(workdir / slug)}  # tensorboard too, as shipped
     config = {key: value for key, value in config.items() if value is not None}
     config_file = workdir / f"{slug}.json"
     config_file.write_text(json.dumps(config))
