@@ -29,7 +29,9 @@ CONFIG = REPO / "configs" / "shakespeare.json"
 # name -> settings that differ from configs/shakespeare.json; every candidate is evaluated once, at the end, on all
 # the held-out documents, and saves once, at the end.
 def candidate(steps: int, **settings) -> dict:
-    return {"max_steps": steps, "eval_steps": steps, "save_steps": steps, "max_eval_samples": None, **settings}
+    """Batch 64 x 64 tokens (4,096 a step) unless the settings say otherwise, whatever the shipped config has."""
+    return {"max_steps": steps, "eval_steps": steps, "save_steps": steps, "max_eval_samples": None,
+            "per_device_train_batch_size": 64, **settings}
 
 
 def shape(layers: int, width: int, heads: int, context: int = 64) -> dict:
@@ -39,7 +41,7 @@ def shape(layers: int, width: int, heads: int, context: int = 64) -> dict:
 
 CANDIDATES = {
     "shipped": {},
-    "4x128, 289 steps": candidate(289),
+    "4x128, 289 steps": candidate(289, **shape(4, 128, 4)),
     "4x96, 467 steps": candidate(467, **shape(4, 96, 4)),
     "4x96, T128, 436 steps": candidate(436, **shape(4, 96, 4, 128), per_device_train_batch_size=32),
     "3x96, T128, 534 steps": candidate(534, **shape(3, 96, 3, 128), per_device_train_batch_size=32),
