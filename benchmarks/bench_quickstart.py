@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quickstart.py                       # every candidate below, one after the other
     python benchmarks/bench_quickstart.py --only shipped 3x96   # some of them
+    python benchmarks/bench_quickstart.py --config C --only shipped   # another base config (the tests' tiny one)
 
 Each candidate is `configs/shakespeare.json` with some keys changed, run as a user runs it (`python recipe/train.py`,
 a fresh output directory and datasets cache, so the BPE is trained and the corpus tokenized as on a first run). It
@@ -62,9 +63,9 @@ CANDIDATES = {
 }
 
 
-def run(name: str, overrides: dict, workdir: Path, threads: int | None) -> dict:
+def run(name: str, base: Path, overrides: dict, workdir: Path, threads: int | None) -> dict:
     slug = "".join(char if char.isalnum() else "-" for char in name)
-    config = {**json.loads(CONFIG.read_text()), **overrides, "output_dir": str(workdir / slug)}  # tensorboard too, as shipped
+    config = {**json.loads(base.read_text()), **overrides, "output_dir": str(workdir / slug)}  # tensorboard too, as shipped
     config = {key: value for key, value in config.items() if value is not None}
     config_file = workdir / f"{slug}.json"
     config_file.write_text(json.dumps(config))
@@ -91,7 +92,7 @@ def run(name: str, overrides: dict, workdir: Path, threads: int | None) -> dict:
         "settings": ", ".join(f"{key}={value}" for key, value in overrides.items()) or "as shipped",
         "parameters": f"{plan['parameters']:,}",
         "tokens": f"{tokens:,}",
-        "TFLOP": f"{plan['flops_per_token'] * tokens / 1e12:.2f}",
+        "TFLOP": f"{plan['flops_per_token'] * tokens / 1e12:.3g}",
         "eval bpb": f"{final['eval_bpb']:.3f}",
         "eval loss": f"{final['eval_loss']:.3f}",
         "wall s": f"{wall:.0f}",
@@ -104,15 +105,16 @@ def run(name: str, overrides: dict, workdir: Path, threads: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", choices=list(CANDIDATES), help="these candidates only")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the config the candidates change")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each run (default: the machine's)")
     args = parser.parse_args()
     names = args.only or list(CANDIDATES)
     with tempfile.TemporaryDirectory() as workdir:
         rows = []
         for name in names:
-            rows.append(run(name, CANDIDATES[name], Path(workdir), args.threads))
+            rows.append(run(name, args.config.resolve(), CANDIDATES[name], Path(workdir), args.threads))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print_report("The quick start: candidates for configs/shakespeare.json", None,
+    print_report(f"The quick start: candidates for {args.config.name}", None,
                  "Validation bits per byte over all the held-out documents; compute = FLOPs per token x tokens trained.",
                  rows)
 

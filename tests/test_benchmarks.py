@@ -69,3 +69,18 @@ def test_bench_optim_trains_adamw_and_muon_from_the_same_start_and_prints_the_ra
     assert any(row.startswith("| Muon's tokens to AdamW's final val loss |") for row in rows)
     assert any(row.startswith("| median step time (ms) |") for row in rows)
     assert (tmp_path / "overlay.png").stat().st_size > 0  # recipe.plot's overlay of the two runs
+
+
+def test_bench_quickstart_reports_compute_and_bits_per_byte_of_the_command_a_user_runs(tmp_path):
+    """bench_quickstart on the tests' tiny config: recipe/train.py runs as a user runs it, and its row holds the
+    compute (FLOPs per token x tokens trained) and the final evaluation's bits per byte, as the run saved them."""
+    config = tiny_config(tmp_path, max_steps=6, warmup_steps=1, eval_steps=6, save_steps=6,
+                         train_tokenizer_vocab_size=512, sample_max_new_tokens=0)
+    output = run([sys.executable, "benchmarks/bench_quickstart.py", "--config", str(config), "--only", "shipped"])
+    assert output.startswith(f"### The quick start: candidates for {config.name}")
+    header, row = [line for line in output.splitlines() if line.startswith("| ")]
+    values = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | ")))
+    assert values["candidate"] == "shipped" and values["tokens"] == f"{6 * 8 * 64:,}"  # 6 steps of 8 x 64 tokens
+    parameters = int(values["parameters"].replace(",", ""))
+    assert float(values["TFLOP"]) * 1e12 >= 6 * parameters * 6 * 8 * 64 * 0.99  # 6N per token at least
+    assert 0 < float(values["eval bpb"]) < 16 and float(values["wall s"]) >= float(values["training steps s"])
