@@ -41,8 +41,9 @@ def muon_parameter_names(model: torch.nn.Module) -> list[str]:
 
 
 # c_attn holds q, k and v in one (3n, n) matrix. Orthogonalised as three (n, n) matrices, each with the rate
-# scaling of its own shape, as if they were separate weights, the quick start reached a validation loss 0.029 and
-# 0.023 nats lower (two seeds) than as one matrix (benchmarks/RESULTS.md, "Muon's q, k and v").
+# scaling of its own shape, as if they were separate weights, the earlier 128-wide quick start reached a validation
+# loss 0.02-0.06 nats lower (three settings and seeds) than as one matrix (benchmarks/RESULTS.md, Optimizers, "q, k
+# and v as three matrices or as one").
 FUSED_QKV_BLOCKS = 3
 
 
