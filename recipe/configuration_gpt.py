@@ -15,9 +15,10 @@ class GPTConfig(PreTrainedConfig):
         n_embd: the residual stream width. Must be divisible by `n_head`.
         n_layer: the number of transformer blocks.
         n_head: attention heads per block; each head is `n_embd // n_head` wide.
-        make_vocab_size_divisible_by: pad the embedding (and LM head) to a multiple of this many rows, e.g. 64
-            gives 50,304 rows for GPT-2 (faster matmuls on GPUs). The padding rows are never read: logits are cut
-            back to `vocab_size`, so results for real tokens are exactly those of an unpadded model.
+        make_vocab_size_divisible_by: in training, the LM head's matmul runs over the vocabulary padded to a
+            multiple of this many columns, e.g. 64 gives 50,304 for GPT-2 (aligned, faster on GPUs); the padding
+            columns stay out of the softmax. The weights have exactly `vocab_size` rows, as GPT-2's do, so every
+            result is that of an unpadded model.
         resid_pdrop, embd_pdrop, attn_pdrop: dropout rates. 0.0 by default, as in the GPT-2 reproductions
             (nanoGPT, llm.c) that pre-train without dropout; OpenAI's released configs say 0.1.
         layer_norm_epsilon: LayerNorm's epsilon.
@@ -25,7 +26,9 @@ class GPTConfig(PreTrainedConfig):
         tie_word_embeddings: share the LM head with the token embedding, as GPT-2 does.
         loss_chunk_size: 0 computes the training loss from the full logits with the library's loss function. N > 0
             fuses the LM head with the cross-entropy and processes N tokens at a time, so the (tokens x vocab) fp32
-            logits are never materialised while training (less peak memory; same loss and gradients).
+            logits are never materialised while training (less peak memory; same loss and gradients; the training
+            forward returns no logits). A setting of the run, not of the model: the recipe chooses it for the
+            device at start, and `config.json` does not record it, so a checkpoint behaves as GPT-2 for everyone.
     """
 
     model_type = "recipe_gpt"
@@ -59,9 +62,15 @@ class GPTConfig(PreTrainedConfig):
         self.check_fields()
         super().__post_init__(**kwargs)
 
+    def to_dict(self) -> dict:
+        """The saved fields, without `loss_chunk_size` (a run's setting: see above)."""
+        fields = super().to_dict()
+        fields.pop("loss_chunk_size", None)
+        return fields
+
     @property
     def padded_vocab_size(self) -> int:
-        """Rows of the token embedding and the LM head: `vocab_size` rounded up to `make_vocab_size_divisible_by`."""
+        """Columns of the LM head's matmul in training: `vocab_size` rounded up to `make_vocab_size_divisible_by`."""
         multiple = self.make_vocab_size_divisible_by
         return -(-self.vocab_size // multiple) * multiple
 

@@ -12,8 +12,9 @@ def flops_per_token(config, parameters: int, seq_len: int) -> float:
     """Training FLOPs per token of a GPT with `parameters` parameters (tied head counted once): 6N for the matmuls
     with parameters (forward + backward) plus 12*L*H*Q*T for attention (PaLM, Chowdhery et al. 2022, appendix B;
     nanoGPT's estimate_mfu). N leaves out the position embedding, a lookup; the tied token embedding counts once,
-    as the LM head's matmul."""
-    matmul_parameters = parameters - config.n_positions * config.n_embd
+    as the LM head's matmul, over the vocabulary padded as training pads it (nanoGPT's 50,304 rows)."""
+    head_padding = (config.padded_vocab_size - config.vocab_size) * config.n_embd
+    matmul_parameters = parameters + head_padding - config.n_positions * config.n_embd
     head_dim = config.n_embd // config.n_head
     return 6 * matmul_parameters + 12 * config.n_layer * config.n_head * head_dim * seq_len
 

@@ -23,9 +23,15 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_gpt import GPTConfig
+
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # a torch built without distributed: nothing can be sharded
+    FSDPModule = ()
 
 
 class Linear(nn.Linear):
@@ -174,6 +180,16 @@ class GPTPreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.weight, mean=0.0, std=std)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also name, in `auto_map`, every class of this file registered for an auto class (transformers names only
+        the one saved): vLLM's and SGLang's Transformers backends load the base model through `AutoModel`."""
+        for model_class in (GPTModel, GPTForCausalLM):
+            if model_class._auto_class is not None:
+                auto_map = dict(getattr(self.config, "auto_map", None) or {})
+                auto_map[model_class._auto_class] = f"{model_class.__module__.split('.')[-1]}.{model_class.__name__}"
+                self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
 
 class GPTModel(GPTPreTrainedModel):
     """Embeddings and the block stack; returns the final LayerNorm's hidden states."""
@@ -181,7 +197,7 @@ class GPTModel(GPTPreTrainedModel):
     def __init__(self, config: GPTConfig):
         config.check_fields()  # catches fields changed after the config was built
         super().__init__(config)
-        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([Block(config, layer_idx) for layer_idx in range(config.n_layer)])
@@ -196,16 +212,26 @@ class GPTModel(GPTPreTrainedModel):
         self.wte = new_embeddings
 
     @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # as GPT2Model: the old name still works
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        r"""
+        The arguments of transformers' `GPT2Model.forward`, in its order, and with its meaning:
+        token_type_ids: (B, T) ids whose token embeddings are added to the input's, as GPT-2 does.
+        position_ids: (B, T) or (1, T). Absent: counted on from the cache. Rows whose positions restart at 0 hold
+            several documents (`DataCollatorWithFlattening`, TRL's packing); with no attention mask and no cache,
+            each token then attends within its own document only, and a row may be longer than `n_positions`
+            as long as every position is below it.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -221,20 +247,21 @@ class GPTModel(GPTPreTrainedModel):
 
         past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a static cache
         seq_len = inputs_embeds.shape[1]
-        if not torch.compiler.is_compiling() and past_length + seq_len > self.config.n_positions:
-            raise ValueError(
-                f"Input of {past_length + seq_len} tokens ({past_length} cached + {seq_len} new) is longer than the "
-                f"context of n_positions={self.config.n_positions}"
-            )
         if position_ids is None:
             position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_length).unsqueeze(0)  # (1, T)
+            derived_positions = True
+        else:
+            derived_positions = False
+        if not torch.compiler.is_compiling() and past_length + seq_len > self.config.n_positions:
+            self._check_positions(position_ids, past_length, seq_len, derived_positions)
 
-        if attention_mask is None and cache is None and self.config._attn_implementation == "sdpa":
+        if attention_mask is None and cache is None and derived_positions and self.config._attn_implementation == "sdpa":
             # Plain causal attention (training, an unpadded prompt): no mask, so sdpa takes its is_causal path, the
             # flash kernels. create_causal_mask cannot know the batch is unpadded while torch.compile traces, and
-            # then builds a (T, T) mask that sends sdpa to a masked kernel (2.3x slower on an H200).
+            # then builds a (T, T) mask that sends sdpa to a masked kernel (2.3x slower on an H200). Positions
+            # given by the caller go through create_causal_mask: that is where packed rows are found.
             causal_mask = None
-        else:  # padding or a cache: the mask each backend expects
+        else:  # padding, a cache or given positions: the mask each backend expects
             causal_mask = create_causal_mask(
                 config=self.config,
                 inputs_embeds=inputs_embeds,
@@ -243,31 +270,62 @@ class GPTModel(GPTPreTrainedModel):
                 position_ids=position_ids,
             )
 
-        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+        hidden_states = inputs_embeds + self.wpe(position_ids)
+        if token_type_ids is not None:
+            hidden_states = hidden_states + self.wte(token_type_ids)
+        hidden_states = self.drop(hidden_states)
         for block in self.h:
-            hidden_states = block(hidden_states, attention_mask=causal_mask, cache=cache, **kwargs)
+            hidden_states = block(
+                hidden_states, attention_mask=causal_mask, cache=cache, position_ids=position_ids, **kwargs
+            )
         hidden_states = self.ln_f(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache if use_cache else None)
 
+    def _check_positions(self, position_ids, past_length, seq_len: int, derived: bool) -> None:
+        """More tokens than the context: refused, unless the caller's positions (packed documents) all fit."""
+        if derived:
+            raise ValueError(
+                f"Input of {past_length + seq_len} tokens ({past_length} cached + {seq_len} new) is longer than the "
+                f"context of n_positions={self.config.n_positions}"
+            )
+        largest = int(position_ids.max())
+        if largest >= self.config.n_positions:
+            raise ValueError(
+                f"position_ids reach {largest}, beyond the context of n_positions={self.config.n_positions} "
+                f"(positions 0 to {self.config.n_positions - 1})"
+            )
+
 
 class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
-    """GPT-2 with its LM head; the loss is next-token cross-entropy through the library's loss function."""
+    """GPT-2 with its LM head; the loss is next-token cross-entropy through the library's loss function.
+
+    Training adds two speed-ups that give the same loss and gradients, and take effect only while the LM head is
+    the model's own plain `Linear` (a head wrapped or replaced by PEFT, quantisation or hooks is called as a module,
+    with the library's loss on its logits, as GPT2LMHeadModel does):
+    - `make_vocab_size_divisible_by`: the head's matmul runs over the vocabulary padded with zero rows to that
+      multiple (50,304 for GPT-2's 50,257 at 64: aligned, faster on GPUs), its padding columns kept out of the
+      softmax; the weights themselves have exactly `vocab_size` rows.
+    - `loss_chunk_size` > 0: the fused, chunked LM head + cross-entropy. The training forward then returns
+      `logits=None` (the logits are never materialised); evaluation and generation return logits as usual.
+    """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         self.transformer = GPTModel(config)
-        self.lm_head = Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # as GPT2LMHeadModel: the old name still works
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -279,37 +337,41 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         kwargs: passed to the attention and the loss; Trainer's `num_items_in_batch` (target tokens in the whole
             optimizer step) makes the loss a sum over this micro-batch divided by it, so gradient accumulation
             equals one big batch.
+        In training with labels and `config.loss_chunk_size` > 0 (and the model's own LM head), `logits` is None.
         """
         outputs = self.transformer(
             input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
             cache=cache,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, C)
-        vocab_size = self.config.vocab_size
+        fast_training_loss = labels is not None and self.training and self._lm_head_is_plain()
 
-        if labels is not None and self.config.loss_chunk_size and self.training:
+        if fast_training_loss and self.config.loss_chunk_size:
             logits = None  # never materialised: the fused loss walks over chunks of tokens
             loss = chunked_cross_entropy(
                 hidden_states,
                 self.lm_head.weight,
                 labels,
-                vocab_size=vocab_size,
                 chunk_size=self.config.loss_chunk_size,
                 num_items_in_batch=kwargs.get("num_items_in_batch"),
+                shift_labels=kwargs.get("shift_labels"),
             )
-        else:
-            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V_padded)
+        elif fast_training_loss and self.config.padded_vocab_size > self.config.vocab_size:
+            padded_logits = padded_lm_head(slice_logits_to_keep(hidden_states, logits_to_keep), self.lm_head.weight,
+                                           self.config.padded_vocab_size)  # (B, T, V_padded)
+            loss = self.loss_function(padded_logits, labels, vocab_size=padded_logits.shape[-1], **kwargs)
+            logits = padded_logits[..., : self.config.vocab_size]  # the padding columns are not tokens
+        else:  # as GPT2LMHeadModel
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))  # (B, T, V)
             loss = None
             if labels is not None:
-                loss = self.loss_function(
-                    _without_padding_columns(logits, vocab_size), labels, vocab_size=logits.shape[-1], **kwargs
-                )
-            logits = logits[..., :vocab_size]  # the padding columns are not tokens
+                loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
 
         return CausalLMOutputWithPast(
             loss=loss,
@@ -319,15 +381,33 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
+    def _lm_head_is_plain(self) -> bool:
+        """Is the LM head still the model's own: a bias-free Linear holding a plain weight, with no hooks? Anything
+        else (a PEFT adapter, a quantized layer, accelerate's offload hooks, a user's hook) is called as a module.
+        FSDP2 turns the head into a subclass of its own class whose hooks only gather the weight, which its
+        forward would then multiply as the Linear does: that head counts as plain (its weight is whole by now)."""
+        head, head_class = self.lm_head, type(self.lm_head)
+        sharded = isinstance(head, FSDPModule)
+        if sharded:
+            head_class = next(cls for cls in head_class.__mro__ if not issubclass(cls, FSDPModule))
+        return (
+            head_class in (Linear, nn.Linear)
+            and head.bias is None
+            and type(head.weight) is nn.Parameter
+            and (sharded or not (head._forward_hooks or head._forward_pre_hooks))
+            and not hasattr(head, "_hf_hook")
+        )
 
-def _without_padding_columns(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """The padded logits with the padding columns at -inf: a softmax gives them exactly zero weight, so the loss is
-    that of the `vocab_size` real columns. The loss reads them at full, padded width instead of through a slice:
-    rows of 50,304 (a multiple of 64) stay aligned in memory, and compiled, the whole cross-entropy backward is one
-    fused kernel, as in nanoGPT (a slice adds a scatter into a zero-padded gradient)."""
-    if logits.shape[-1] == vocab_size:
-        return logits
-    is_padding = torch.arange(logits.shape[-1], device=logits.device) >= vocab_size  # (V_padded,)
+
+def padded_lm_head(hidden_states: torch.Tensor, weight: torch.Tensor, padded_vocab_size: int) -> torch.Tensor:
+    """The logits of `hidden_states @ weight.T` over `padded_vocab_size` columns: the real ones, then zero-weight
+    columns at -inf, which a softmax gives exactly zero weight, so the loss is that of the real columns. Hand-written
+    because a matmul over 50,304 rows (a multiple of 64) stays aligned in memory, where 50,257 is not, and compiled,
+    the pad fuses into the weight's cast and the whole cross-entropy backward is one kernel, as in nanoGPT."""
+    vocab_size = weight.shape[0]
+    padded_weight = F.pad(weight, (0, 0, 0, padded_vocab_size - vocab_size))  # (V_padded, C): zero rows
+    logits = F.linear(hidden_states, padded_weight)  # (B, T, V_padded)
+    is_padding = torch.arange(padded_vocab_size, device=logits.device) >= vocab_size  # (V_padded,)
     return logits.masked_fill(is_padding, float("-inf"))
 
 
@@ -347,9 +427,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_size: int):
-        # hidden: (N, C); weight: (V_padded, C); targets: (N,), -100 = ignore
-        vocab_weight = weight[:vocab_size]  # (V, C)
+    def forward(ctx, hidden, weight, targets, chunk_size: int):
+        # hidden: (N, C); weight: (V, C); targets: (N,), -100 = ignore
         needs_grad_hidden, needs_grad_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if needs_grad_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad_weight else None
@@ -358,7 +437,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             end = min(start + chunk_size, hidden.shape[0])
             chunk = hidden[start:end]  # (n, C)
             chunk_targets = targets[start:end]  # (n,)
-            logits = (chunk @ vocab_weight.T).float()  # (n, V)
+            logits = (chunk @ weight.T).float()  # (n, V)
             valid = (chunk_targets != -100)[:, None]  # (n, 1)
             safe_targets = chunk_targets.clamp(min=0)[:, None]  # (n, 1)
             log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
@@ -370,11 +449,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits.scatter_add_(1, safe_targets, torch.full_like(log_norm, -1.0))
             grad_logits = grad_logits.mul_(valid).to(chunk.dtype)  # (n, V)
             if grad_hidden is not None:
-                torch.mm(grad_logits, vocab_weight, out=grad_hidden[start:end])  # (n, C)
+                torch.mm(grad_logits, weight, out=grad_hidden[start:end])  # (n, C)
             if grad_weight is not None and chunk.dtype == torch.float32:
-                grad_weight[:vocab_size].addmm_(grad_logits.T, chunk)  # (V, C), accumulated in place
+                grad_weight.addmm_(grad_logits.T, chunk)  # (V, C), accumulated in place
             elif grad_weight is not None:
-                grad_weight[:vocab_size] += (grad_logits.T @ chunk).float()  # (V, C)
+                grad_weight += (grad_logits.T @ chunk).float()  # (V, C)
         ctx.save_for_backward(
             grad_hidden if grad_hidden is not None else torch.empty(0),
             grad_weight if grad_weight is not None else torch.empty(0),
@@ -387,19 +466,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_hidden = grad_hidden * grad_output if ctx.needs_input_grad[0] else None
         grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None
 
 
-def chunked_cross_entropy(hidden_states, weight, labels, vocab_size, chunk_size, num_items_in_batch=None):
+def chunked_cross_entropy(hidden_states, weight, labels, chunk_size, num_items_in_batch=None, shift_labels=None):
     """Next-token cross-entropy of `hidden_states @ weight.T` without materialising all logits.
 
     Same normalisation as transformers' ForCausalLMLoss: the mean over target tokens, or the sum divided by
-    `num_items_in_batch` when Trainer passes it for gradient accumulation.
+    `num_items_in_batch` when Trainer passes it for gradient accumulation; `shift_labels`, when given (context
+    parallelism), are the targets as they are.
     """
-    targets = F.pad(labels, (0, 1), value=-100)[..., 1:]  # (B, T): token t predicts token t + 1
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]  # (B, T): token t predicts token t + 1
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*T, C)
-    targets = targets.reshape(-1).to(hidden.device)  # (B*T,)
-    loss_sum = _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_size)
+    targets = shift_labels.reshape(-1).to(hidden.device)  # (B*T,)
+    loss_sum = _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
     if num_items_in_batch is None:
         return loss_sum / (targets != -100).sum()
     if torch.is_tensor(num_items_in_batch):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 from transformers.utils import CONFIG_NAME
 
@@ -118,9 +119,12 @@ def gpt_config_from_gpt2(gpt2_config: GPT2Config, make_vocab_size_divisible_by: 
 
 
 def gpt2_config_from_gpt(config: GPTConfig) -> GPT2Config:
-    """The stock transformers GPT2Config with the same architecture."""
+    """The stock transformers GPT2Config with the same architecture. It also carries `n_ctx`, the context length
+    under the name OpenAI's configs give it, which transformers no longer writes and llama.cpp's GGUF converter
+    reads (its GPT-2 model: n_ctx, n_embd, n_head, layer_norm_epsilon)."""
     fields = {name: getattr(config, name) for name in SHARED_CONFIG_FIELDS}
-    return GPT2Config(**fields, activation_function="gelu_new", architectures=["GPT2LMHeadModel"])
+    return GPT2Config(**fields, n_ctx=config.n_positions, activation_function="gelu_new",
+                      architectures=["GPT2LMHeadModel"])
 
 
 def _expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
@@ -140,9 +144,6 @@ def state_dict_from_openai(openai_state: dict[str, torch.Tensor], config: GPTCon
             raise CheckpointError(f"unexpected tensor {name!r} {tuple(tensor.shape)}: not part of GPT-2")
         if key.endswith(CONV1D_WEIGHTS):
             tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        if key in ("transformer.wte.weight", "lm_head.weight") and tensor.shape[0] < expected[key][0]:
-            padding = tensor.new_zeros(expected[key][0] - tensor.shape[0], tensor.shape[1])
-            tensor = torch.cat([tensor, padding])  # padding rows: never read, see GPTConfig
         if tensor.shape != expected[key]:
             raise CheckpointError(
                 f"tensor {name!r} has shape {tuple(tensor.shape)} but the config needs {tuple(expected[key])}"
@@ -155,13 +156,11 @@ def state_dict_from_openai(openai_state: dict[str, torch.Tensor], config: GPTCon
 
 
 def state_dict_to_openai(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Map a GPTForCausalLM state dict to GPT2LMHeadModel's (Linear -> Conv1D, padding rows dropped)."""
+    """Map a GPTForCausalLM state dict to GPT2LMHeadModel's (Linear -> Conv1D)."""
     openai_state = {}
     for key, tensor in state.items():
         if key.endswith(CONV1D_WEIGHTS):
             tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
-        if key in ("transformer.wte.weight", "lm_head.weight"):
-            tensor = tensor[: config.vocab_size]
         openai_state[key] = tensor.contiguous()
     return openai_state
 
@@ -205,10 +204,30 @@ def load_model(name_or_path: str | Path, make_vocab_size_divisible_by: int = 1,
         return load_openai_gpt2(directory, make_vocab_size_divisible_by)
     for path in weight_files(directory):  # names a missing or pickle-only checkpoint before transformers does
         check_safetensors_header(path)
+    if padded_embedding_rows(directory):
+        config = GPTConfig.from_dict(read_model_config(directory))
+        return _build(GPTForCausalLM, config, unpadded_state_dict(load_state_dict(directory), config))
     try:
         return GPTForCausalLM.from_pretrained(directory, use_safetensors=True, **from_pretrained_kwargs)
     except ValueError as error:  # a config.json whose fields GPTConfig refuses
         raise CheckpointError(f"{directory / CONFIG_NAME}: {str(error).splitlines()[0]}") from None
+
+
+def padded_embedding_rows(directory: str | Path) -> int:
+    """The padding rows of a recipe checkpoint saved before the embeddings had exactly `vocab_size` rows (its
+    `wte` was padded to `make_vocab_size_divisible_by`); 0 for a checkpoint of today's layout."""
+    vocab_size = read_model_config(directory).get("vocab_size")
+    for path in weight_files(directory):
+        with safe_open(str(path), "pt") as handle:
+            if "transformer.wte.weight" in handle.keys():
+                return max(handle.get_slice("transformer.wte.weight").get_shape()[0] - vocab_size, 0)
+    return 0
+
+
+def unpadded_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """An earlier checkpoint's weights without their padding rows, which no token ever read."""
+    return {key: tensor[: config.vocab_size] if key in ("transformer.wte.weight", "lm_head.weight") else tensor
+            for key, tensor in state.items()}
 
 
 def build_model(model_args, vocab_size: int, eos_token_id: int | None) -> GPTForCausalLM:

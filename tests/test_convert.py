@@ -9,7 +9,8 @@ from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from recipe import GPTForCausalLM
 from recipe.errors import CheckpointError
-from recipe.convert import from_openai, load_openai_gpt2, main, to_openai
+from recipe.convert import from_openai, load_model, load_openai_gpt2, main, to_openai
+from recipe.sources import padded_embedding_rows
 
 
 def _logits(model, input_ids):
@@ -34,16 +35,35 @@ def test_from_openai_then_to_openai_reproduces_the_original_logits(openai_gpt2_d
     assert (tmp_path / "openai" / "tokenizer.json").is_file()
 
 
-def test_padded_vocab_round_trips_to_the_unpadded_layout(openai_gpt2_dir, tmp_path):
+def test_training_padding_converts_openais_weights_exactly(openai_gpt2_dir, tmp_path):
+    """make_vocab_size_divisible_by pads the training matmul only: the converted checkpoint holds OpenAI's tensors as
+    they are (transposed back by to-openai, bit for bit) and records the padding for its later runs."""
     from_openai(openai_gpt2_dir, tmp_path / "padded", make_vocab_size_divisible_by=64)
     padded = GPTForCausalLM.from_pretrained(tmp_path / "padded")
-    assert padded.transformer.wte.weight.shape[0] == 50304
+    assert padded.transformer.wte.weight.shape[0] == padded.config.vocab_size == 50257
+    assert padded.config.padded_vocab_size == 50304
     to_openai(tmp_path / "padded", tmp_path / "openai")
     exported = load_file(tmp_path / "openai" / "model.safetensors")
     original = load_file(openai_gpt2_dir / "model.safetensors")
     assert set(exported) == set(original)
     for name, tensor in original.items():
         assert torch.equal(exported[name], tensor), name
+
+
+def test_a_checkpoint_with_the_earlier_padded_rows_loads_without_them(openai_gpt2_dir, tmp_path):
+    """Checkpoints saved before the embeddings had exactly vocab_size rows carry 47 padding rows (of 50,304): the
+    recipe's loader drops them, which no token ever read, and gives the same logits."""
+    from_openai(openai_gpt2_dir, tmp_path / "today", make_vocab_size_divisible_by=64)
+    state = load_file(tmp_path / "today" / "model.safetensors")
+    state["transformer.wte.weight"] = torch.cat([state["transformer.wte.weight"], torch.randn(47, 32)])
+    (tmp_path / "earlier").mkdir()
+    save_file(state, tmp_path / "earlier" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "earlier" / "config.json").write_text((tmp_path / "today" / "config.json").read_text())
+    assert padded_embedding_rows(tmp_path / "earlier") == 47 and padded_embedding_rows(tmp_path / "today") == 0
+    earlier = load_model(tmp_path / "earlier")
+    assert earlier.transformer.wte.weight.shape[0] == 50257 and earlier.lm_head.weight is earlier.transformer.wte.weight
+    input_ids = torch.randint(0, 50257, (2, 24))
+    assert torch.equal(_logits(earlier, input_ids), _logits(load_model(tmp_path / "today"), input_ids))
 
 
 def test_not_a_gpt2_checkpoint_is_named(tmp_path, openai_gpt2_dir):

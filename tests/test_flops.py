@@ -10,7 +10,8 @@ from recipe.flops import CPU_LOSS_CHUNK_SIZE, choose_loss_chunk_size, model_flop
 def test_flops_per_token_of_gpt2_124m_is_nanogpts_estimate():
     with torch.device("meta"):
         model = GPTForCausalLM(GPTConfig(make_vocab_size_divisible_by=64))
-    # 6N + 12LHQT with N = 124,475,904 - the 1,024 x 768 position embedding (nanoGPT's estimate_mfu)
+    # 6N + 12LHQT with N = 124,475,904 (nanoGPT's count: its head is padded to 50,304 rows, as the recipe's training
+    # matmul is) - the 1,024 x 768 position embedding (nanoGPT's estimate_mfu)
     assert model_flops_per_token(model, 1024) == 6 * (124_475_904 - 1024 * 768) + 12 * 12 * 12 * 64 * 1024
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("Some GPU") is None
 

@@ -177,7 +177,7 @@ def test_gpt2_124m_config_passes_the_dry_run(capsys):
     assert main([str(REPO_ROOT / "configs" / "gpt2_124m.json"), "--dry_run", "--dry_run_num_gpus", "8"]) == 0
     output = capsys.readouterr().out
     plan = json.loads(output[output.index("{"):])
-    assert plan["parameters"] == 124_475_904  # 124,439,808 + 47 padding rows x 768
+    assert plan["parameters"] == 124_439_808  # GPT-2 124M: the training matmul's 47 padding columns are no parameters
     assert plan["tokens_per_step"] == 524_288
     assert plan["steps"] == 19_073 and plan["total_tokens"] == 19_073 * 524_288
     assert plan["estimate"].endswith("on 8 x H100 at 40% MFU")
