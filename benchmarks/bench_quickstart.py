@@ -3,6 +3,8 @@
     python benchmarks/bench_quickstart.py                       # every candidate below, one after the other
     python benchmarks/bench_quickstart.py --only shipped 3x96   # some of them
     python benchmarks/bench_quickstart.py --config C --only shipped   # another base config (the tests' tiny one)
+    python benchmarks/bench_quickstart.py --config configs/shakespeare_muon.json configs/shakespeare.json \
+        --only shipped --nanogpt ../nanoGPT                    # the quick start beside nanoGPT's CPU command
 
 Each candidate is `configs/shakespeare.json` with some keys changed, run as a user runs it (`python recipe/train.py`,
 a fresh output directory and datasets cache, so the BPE is trained and the corpus tokenized as on a first run). It
@@ -10,11 +12,19 @@ reports the training compute (FLOPs per token, 6N + attention, times the tokens 
 with nanoGPT's CPU run, 8.0 TFLOP), the validation bits per byte over all the held-out documents (every byte's
 token predicted once), the wall time of the whole command, the time of the training steps (Trainer's runtime less
 its evaluations), their tokens/s, and the rest: imports, BPE, tokenization, evaluation, saving.
+
+--nanogpt DIR (a checkout of karpathy/nanoGPT; not part of this repository) runs nanoGPT's README command for a CPU
+(its train_shakespeare_char config, 4 layers x 128, 2,000 iterations) in the same session, on a character dataset
+written from exactly the documents of the first config's split (its training and held-out documents, in order,
+into DIR/data/qs_char), and scores its checkpoint on every held-out character after the first, in non-overlapping
+64-character windows: bits per byte are its nats per character / ln 2 (the corpus is ASCII, a byte a character).
 """
 
 import argparse
 import json
+import math
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -102,19 +112,92 @@ def run(name: str, base: Path, overrides: dict, workdir: Path, threads: int | No
     }
 
 
+# nanoGPT's README command for a CPU, at the quick start's block of 64 tokens and without dropout (as in RESULTS.md).
+NANOGPT_COMMAND = ["train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+                   "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
+                   "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0",
+                   "--dataset=qs_char"]
+NANOGPT_TFLOP = 8.0  # its compute, as RESULTS.md counts it
+
+
+def write_character_dataset(config: Path, nanogpt: Path) -> tuple[Path, str]:
+    """nanoGPT's data/qs_char from the config's own training and held-out documents; returns it and the held-out
+    text."""
+    import numpy as np
+
+    from recipe.args import parse_settings
+    from recipe.pipeline import load_documents
+
+    data = parse_settings(config, ["--output_dir", tempfile.mkdtemp()]).data
+    documents = load_documents(data)
+    train, validation = ("".join(documents[split][data.text_column]) for split in ("train", "validation"))
+    characters = sorted(set(train + validation))
+    index = {character: i for i, character in enumerate(characters)}
+    directory = nanogpt / "data" / "qs_char"
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, text in (("train", train), ("val", validation)):
+        np.array([index[character] for character in text], dtype=np.uint16).tofile(directory / f"{split}.bin")
+    with open(directory / "meta.pkl", "wb") as handle:
+        pickle.dump({"vocab_size": len(characters), "itos": dict(enumerate(characters)), "stoi": index}, handle)
+    return directory, validation
+
+
+def run_nanogpt(nanogpt: Path, config: Path, workdir: Path, threads: int | None) -> dict:
+    """nanoGPT's command, timed as the recipe's is, then its checkpoint scored on every held-out character."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    directory, validation = write_character_dataset(config, nanogpt)
+    out_dir = workdir / "nanogpt-out"
+    environment = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, *NANOGPT_COMMAND, f"--out_dir={out_dir}"], cwd=nanogpt, env=environment,
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"nanoGPT failed: {result.stderr[-2000:]}")
+    sys.path.insert(0, str(nanogpt))
+    from model import GPT, GPTConfig  # nanoGPT's model.py
+
+    checkpoint = torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=False)  # written just now
+    model = GPT(GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict({key.removeprefix("_orig_mod."): value for key, value in checkpoint["model"].items()})
+    model.eval()
+    ids = torch.from_numpy(np.fromfile(directory / "val.bin", dtype=np.uint16).astype(np.int64))
+    nats, window = 0.0, 64
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, window):
+            x, y = ids[start : start + window], ids[start + 1 : start + window + 1]
+            logits, _ = model(x[: len(y)][None], y[None])
+            nats += F.cross_entropy(logits[0], y, reduction="sum").item()
+    assert len(validation.encode()) == len(validation)  # ASCII: a byte a character
+    return {"candidate": "nanoGPT's CPU command", "settings": " ".join(NANOGPT_COMMAND[1:]),
+            "parameters": f"{sum(p.numel() for p in model.parameters()):,}", "tokens": "1.54M characters",
+            "TFLOP": f"{NANOGPT_TFLOP:.3g}", "eval bpb": f"{nats / math.log(2) / (len(ids) - 1):.3f}",
+            "eval loss": f"{nats / (len(ids) - 1):.3f}", "wall s": f"{wall:.0f}", "training steps s": "",
+            "tokens/s": "", "rest s": ""}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", choices=list(CANDIDATES), help="these candidates only")
-    parser.add_argument("--config", type=Path, default=CONFIG, help="the config the candidates change")
+    parser.add_argument("--config", type=Path, nargs="+", default=[CONFIG], help="the configs the candidates change")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each run (default: the machine's)")
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout: run its CPU command too, on the same text")
     args = parser.parse_args()
     names = args.only or list(CANDIDATES)
     with tempfile.TemporaryDirectory() as workdir:
         rows = []
-        for name in names:
-            rows.append(run(name, args.config.resolve(), CANDIDATES[name], Path(workdir), args.threads))
+        if args.nanogpt:
+            rows.append(run_nanogpt(args.nanogpt.resolve(), args.config[0].resolve(), Path(workdir), args.threads))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print_report(f"The quick start: candidates for {args.config.name}", None,
+        for config in args.config:
+            for name in names:
+                label = name if len(args.config) == 1 else f"{config.name}: {name}"
+                rows.append(run(label, config.resolve(), CANDIDATES[name], Path(workdir), args.threads))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print_report(f"The quick start: candidates for {', '.join(config.name for config in args.config)}", None,
                  "Validation bits per byte over all the held-out documents; compute = FLOPs per token x tokens trained.",
                  rows)
 

@@ -573,11 +573,11 @@ def check_settings(settings: Settings) -> None:
         if getattr(training, key) == "skip" and uses_deepspeed:
             raise ConfigError(f'{key}="skip" does not work with DeepSpeed, which steps inside its backward; use "stop"')
     if training.optim == MUON:
-        uses_fsdp = bool(training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-        if uses_fsdp or uses_deepspeed:
+        if uses_deepspeed:
             raise ConfigError(
-                f"optim=muon does not work with {'FSDP' if uses_fsdp else 'DeepSpeed'}, which shards the matrices that "
-                f"Muon must orthogonalise whole: use data parallel (DDP), or an AdamW optim"
+                "optim=muon does not work with DeepSpeed: its ZeRO optimizer hands the optimizer flat partitions, not "
+                "matrices, and DeepSpeed's own Muon makes another update (Gram Newton-Schulz in fp16, q/k/v as one): "
+                "use DDP or FSDP, or an AdamW optim"
             )
         for key in ("muon_learning_rate", "muon_momentum"):
             value = getattr(training, key)

@@ -3,7 +3,7 @@
 - Parameter groups: weight decay on exactly the 2-D tensors (matmul weights and embeddings; the tied embedding and
   LM head are one tensor, counted once), none on biases and LayerNorm gains (nanoGPT's `configure_optimizers`,
   llm.c). The optimizer over them is any of Trainer's `optim` names (default: fused AdamW).
-- Muon (torch.optim.Muon) for the 2-D weights inside the blocks with AdamW for the rest, as one optimizer.
+- Muon (recipe.muon) for the 2-D weights inside the blocks with AdamW for the rest, as one optimizer.
 - Schedules by name, beside transformers' own (`lr_scheduler_type`): `gpt2_cosine` is the GPT-2 reproductions'
   warm-up and cosine (build-nanogpt's `get_lr`, llm.c's `get_learning_rate`), step for step. transformers'
   `cosine_with_min_lr` warms up as step / W, so the first step of a run has rate 0 and the warm-up lags a step.
@@ -17,6 +17,8 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import SchedulerType
 from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+from .muon import Muon
 
 
 def decay_parameter_names(model: torch.nn.Module) -> list[str]:
@@ -53,46 +55,17 @@ def fused_qkv_names(model: torch.nn.Module) -> list[str]:
             if name.endswith("attn.c_attn.weight") and parameter.shape[0] == FUSED_QKV_BLOCKS * parameter.shape[1]]
 
 
-class BlockwiseMuon(torch.optim.Muon):
-    """torch.optim.Muon, except that in a group with `row_blocks: k` each matrix is k matrices stacked by rows (a
-    fused q/k/v weight): each block gets its own momentum rows, Newton-Schulz orthogonalisation and rate scaling,
-    exactly as torch's Muon treats k separate matrices (tested), while the state stays one buffer per parameter.
-    Hand-written because torch's Muon orthogonalises whole tensors only; it hands torch's own update row-block
-    views, through the one method that gathers a group's tensors."""
-
-    def __init__(self, params, **defaults):
-        super().__init__(params, **defaults)
-        for group in self.param_groups:
-            for name, parameter in zip(group.get("param_names", [""] * len(group["params"])), group["params"]):
-                if parameter.shape[0] % group.get("row_blocks", 1):
-                    raise ValueError(f"{name} has {parameter.shape[0]} rows, which do not split into "
-                                     f"{group['row_blocks']} blocks")
-
-    def _init_group(self, group, params_with_grad, grads, muon_momentum_bufs):
-        has_complex = super()._init_group(group, params_with_grad, grads, muon_momentum_bufs)
-        blocks = group.get("row_blocks", 1)
-        if blocks > 1:
-            for tensors in (params_with_grad, grads, muon_momentum_bufs):
-                tensors[:] = [block for tensor in tensors for block in tensor.chunk(blocks)]  # (k n, m) -> k x (n, m)
-        return has_complex
-
-
 class MuonWithAdamW(torch.optim.Optimizer):
-    """One optimizer, as Trainer holds one: torch.optim.AdamW for its `adamw_groups`, BlockwiseMuon (torch's Muon)
-    for its `muon_groups` (groups of (name, parameter) pairs). Both are torch's implementations; this class only
-    lets them share one list of param_groups (the very dicts, so the LR scheduler sets every group's rate) and one
-    state (keyed by parameter), so that state_dict() / load_state_dict() are torch's own format, Muon's momentum
+    """One optimizer, as Trainer holds one: torch.optim.AdamW for its `adamw_groups`, recipe.muon.Muon (torch's
+    Muon's update, split among the processes) for its `muon_groups` (groups of (name, parameter) pairs). This class
+    only lets them share one list of param_groups (the very dicts, so the LR scheduler sets every group's rate) and
+    one state (keyed by parameter), so that state_dict() / load_state_dict() are torch's own format, Muon's momentum
     buffers and AdamW's moments included. A parameter whose .grad is None is left untouched by both (the
     non-finite guard's skip relies on it)."""
 
     def __init__(self, adamw_groups: list[dict], muon_groups: list[dict], adamw_defaults: dict, muon_defaults: dict):
-        for group in muon_groups:
-            for name, parameter in group["params"]:
-                if parameter.dim() != 2:
-                    raise ValueError(f"Muon orthogonalises matrices, and {name} has shape {tuple(parameter.shape)}: "
-                                     f"give it to AdamW")
+        self.muon = Muon(muon_groups, **muon_defaults)  # first: it names a parameter it cannot take
         self.adamw = torch.optim.AdamW(adamw_groups, **adamw_defaults)
-        self.muon = BlockwiseMuon(muon_groups, **muon_defaults)
         super().__init__([*self.adamw.param_groups, *self.muon.param_groups], defaults={})
         self._share()
 

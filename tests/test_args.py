@@ -8,7 +8,7 @@ import pytest
 
 from helpers import REPO_ROOT
 from recipe import train as train_module
-from recipe.args import parse_settings
+from recipe.args import check_settings, parse_settings
 from recipe.errors import ConfigError
 from recipe.train import main
 from helpers import tiny_config
@@ -59,8 +59,6 @@ BAD_CONFIGS = {
     ),
     "a floor above the peak": ({"lr_scheduler_kwargs": {"min_lr_rate": 2}}, [],
                                "lr_scheduler_kwargs min_lr_rate=2 must be a number in [0, 1]"),
-    "Muon with FSDP": ({"optim": "muon", "fsdp": "full_shard"}, [], "optim=muon does not work with FSDP, which shards "
-                       "the matrices that Muon must orthogonalise whole: use data parallel (DDP), or an AdamW optim"),
     "Muon momentum of 1": ({"optim": "muon"}, ["--muon_momentum", "1"], "muon_momentum=1.0 must be positive and below 1"),
     "a wsd warm-up into its decay": (
         {"lr_scheduler_type": "wsd", "lr_scheduler_kwargs": {"decay_fraction": 0.9}}, [],
@@ -92,6 +90,18 @@ def test_bad_config_is_refused_before_any_work_in_one_line(tmp_path, capsys, mon
     assert error.startswith("error: ") and error.count("\n") == 1, error
     assert message in error
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_muon_under_deepspeed_is_refused_by_name_and_under_fsdp_is_not(tmp_path, monkeypatch):
+    """Checked on the parsed settings: an accelerate DeepSpeed launch cannot even parse them without DeepSpeed
+    installed (TrainingArguments requires it), which the suite does not install (README: DeepSpeed)."""
+    settings = parse_settings(tiny_config(tmp_path, optim="muon"), [])
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    check_settings(settings)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match=r"^optim=muon does not work with DeepSpeed: its ZeRO optimizer hands the "
+                                          r"optimizer flat partitions, not matrices"):
+        check_settings(settings)
 
 
 def test_an_output_dir_holding_another_run_is_refused_unless_overwriting(tmp_path, capsys):

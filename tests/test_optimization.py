@@ -1,5 +1,6 @@
 """recipe/optimization.py: the schedules give the specified rate at every step, by the formula of their sources;
-Muon takes the blocks' matrices, AdamW the rest, and their one optimizer's state round-trips exactly."""
+Muon takes the blocks' matrices, AdamW the rest, and their one optimizer's state round-trips exactly (Muon's own
+update: tests/test_muon.py)."""
 
 import io
 
@@ -9,7 +10,8 @@ import torch
 from helpers import REPO_ROOT, build_nanogpt_get_lr
 from recipe import GPTConfig, GPTForCausalLM
 from recipe.args import RecipeTrainingArguments, parse_settings
-from recipe.optimization import SCHEDULES, BlockwiseMuon, MuonWithAdamW, create_muon_optimizer, create_schedule
+from recipe.muon import Muon
+from recipe.optimization import SCHEDULES, MuonWithAdamW, create_muon_optimizer, create_schedule
 
 
 def applied_rates(scheduler, steps: int) -> list[list[float]]:
@@ -126,33 +128,11 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_with_its_rate_an
     assert (gains["lr"], gains["weight_decay"]) == (3e-3, 0.0)
     for group in (qkv, matrices):
         assert (group["lr"], group["weight_decay"], group["momentum"]) == (0.02, 0.01, 0.9)
-    assert isinstance(optimizer.muon, torch.optim.Muon) and isinstance(optimizer.adamw, torch.optim.AdamW)
+    assert isinstance(optimizer.muon, Muon) and isinstance(optimizer.adamw, torch.optim.AdamW)
 
     with pytest.raises(ValueError, match=r"^Muon orthogonalises matrices, and transformer.ln_f.weight has shape "
                                          r"\(32,\): give it to AdamW$"):
         MuonWithAdamW([], [{"params": [("transformer.ln_f.weight", model.transformer.ln_f.weight)]}], {}, {})
-
-
-def test_row_blocks_are_orthogonalised_as_torchs_muon_does_separate_matrices():
-    """A (3n, n) q/k/v weight in a row_blocks=3 group moves exactly as torch.optim.Muon moves q, k and v held as
-    three (n, n) weights: momentum, Newton-Schulz, the rate scaling of an (n, n) shape and the decay, step by step."""
-    torch.manual_seed(0)
-    fused = torch.nn.Parameter(torch.randn(3 * 16, 16))
-    separate = [torch.nn.Parameter(block.detach().clone()) for block in fused.chunk(3)]
-    settings = dict(lr=0.02, momentum=0.95, weight_decay=0.1)
-    blockwise = BlockwiseMuon([{"params": [fused], "row_blocks": 3}], **settings)
-    reference = torch.optim.Muon(separate, **settings)
-    for step in range(4):
-        gradient = torch.randn(3 * 16, 16, generator=torch.Generator().manual_seed(step))
-        fused.grad = gradient.clone()
-        for parameter, block in zip(separate, gradient.chunk(3)):
-            parameter.grad = block.clone()
-        blockwise.step()
-        reference.step()
-        assert torch.equal(fused.detach(), torch.cat([parameter.detach() for parameter in separate])), step
-    assert blockwise.state[fused]["momentum_buffer"].shape == (48, 16)  # one buffer per parameter, as torch's
-    with pytest.raises(ValueError, match="c_attn has 48 rows, which do not split into 5 blocks"):
-        BlockwiseMuon([{"params": [("c_attn", torch.nn.Parameter(torch.zeros(48, 16)))], "row_blocks": 5}], **settings)
 
 
 def test_muon_state_round_trips_exactly_and_a_step_without_gradients_changes_nothing(tmp_path):
