@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-from helpers import REPO_ROOT, SCRIPTS, accelerate_launch, build_nanogpt_get_lr, load_in_fresh_python, tiny_config
+from helpers import (REPO_ROOT, SCRIPTS, accelerate_launch, build_nanogpt_get_lr, load_in_fresh_python, one_error_line,
+                     tiny_config)
+from recipe.checkpoints import write_checksums
 from recipe.args import parse_settings
 from recipe.modeling_gpt import GPTForCausalLM
 from recipe.evaluate import main as evaluate_main
@@ -100,6 +102,27 @@ def test_resuming_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
     expected, actual = _final_weights(tmp_path / "whole"), _final_weights(resumed_dir)
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+
+
+def test_a_checkpoint_of_the_earlier_padded_layout_is_not_resumed_but_named(tmp_path, capsys):
+    """Checkpoints saved before the embeddings had exactly vocab_size rows hold 47 more (and optimizer moments for
+    them): resuming one is refused in one line that says what to do; its weights load (tests/test_convert.py)."""
+    config = tiny_config(tmp_path, max_steps=4, warmup_steps=1, save_steps=2, eval_strategy="no", sample_max_new_tokens=0)
+    assert main([str(config)]) == 0
+    shutil.rmtree(tmp_path / "run" / "checkpoint-4")
+    (tmp_path / "run" / "model.safetensors").unlink()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    state = load_file(checkpoint / "model.safetensors")
+    state["transformer.wte.weight"] = torch.cat([state["transformer.wte.weight"], torch.zeros(47, 64)])
+    save_file(state, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    write_checksums(checkpoint)
+    capsys.readouterr()
+    assert main([str(config)]) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: {checkpoint} was saved by an earlier version of the recipe, whose embeddings held 47 padding rows "
+        f"(its optimizer state has them too): resume it with that version, or start a new run from its weights with "
+        f"model_name_or_path={checkpoint}"
+    )
 
 
 class AppliedRates(TrainerCallback):
