@@ -11,7 +11,8 @@ Newton-Schulz seconds of each process are timed apart (around `recipe.muon.ortho
 matrix block of n <= m, 5 iterations of 4 n^2 m + 2 n^3, summed, against each GPU's share of a training step of the
 model at the 124M recipe's 524,288 tokens (6N + attention per token, recipe.flops): the fraction of its step each
 GPU spends orthogonalising when every GPU does all of it, and when the work is split 8 ways (the busiest owner, from
-recipe.muon.owners); printed for the 124M shape, the one trained on GPUs.
+recipe.muon.owners); printed for the 124M shape, the one trained on GPUs. A last row times one process iterating in
+bf16 at every size, as torch's Muon does, against recipe.muon's choice for a CPU.
 """
 
 import argparse
@@ -55,9 +56,11 @@ def newton_schulz_flops(matrices) -> list[float]:
     return flops
 
 
-def timed_steps(rank: int, processes: int, port: int, shape: str, steps: int, output: str) -> None:
+def timed_steps(rank: int, processes: int, port: int, shape: str, steps: int, output: str, bf16: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    if bf16:  # torch's Muon's precision at every size, for comparison
+        muon.CPU_BF16_MIN_SIDE = 0
     if processes > 1:
         dist.init_process_group("gloo", rank=rank, world_size=processes)
     generator = torch.Generator().manual_seed(0)
@@ -88,7 +91,7 @@ def timed_steps(rank: int, processes: int, port: int, shape: str, steps: int, ou
         if step:
             step_seconds.append(time.perf_counter() - start)
     torch.save({"step": sum(step_seconds) / steps, "newton_schulz": seconds_in_newton_schulz[0] / steps},
-               f"{output}/{processes}-{rank}.pt")
+               f"{output}/{processes}-{rank}-{bf16}.pt")
     if processes > 1:
         dist.destroy_process_group()
 
@@ -103,14 +106,15 @@ def main(argv: list[str] | None = None) -> None:
 
     matrices = muon_matrices(args.shape)
     rows = []
-    for processes in (1, 2):
+    for processes, bf16 in ((1, False), (2, False), (1, True)):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        mp.spawn(timed_steps, args=(processes, port, args.shape, args.steps, args.output), nprocs=processes)
+        mp.spawn(timed_steps, args=(processes, port, args.shape, args.steps, args.output, bf16), nprocs=processes)
         for rank in range(processes):
-            result = torch.load(f"{args.output}/{processes}-{rank}.pt")
+            result = torch.load(f"{args.output}/{processes}-{rank}-{bf16}.pt")
             rows.append({"processes": processes, "process": rank,
+                         "precision": "bf16 for every matrix (torch's)" if bf16 else "recipe.muon's choice",
                          "Newton-Schulz ms / step": f"{result['newton_schulz'] * 1e3:.1f}",
                          "Muon step ms": f"{result['step'] * 1e3:.1f}"})
 

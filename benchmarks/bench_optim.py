@@ -2,7 +2,7 @@
 it) against tokens, the tokens the Muon run needs to reach the AdamW run's final validation loss, and the step time
 of each.
 
-    python benchmarks/bench_optim.py                 # configs/shakespeare.json vs configs/shakespeare_muon.json
+    python benchmarks/bench_optim.py                 # configs/shakespeare_adamw.json vs configs/shakespeare.json
     python benchmarks/bench_optim.py --muon_set muon_learning_rate=0.04 --muon_set max_steps=300   # a sweep point
 
 Both runs are recipe.train as a user runs it, with the configs' own seed, so they start from the same weights (checked
@@ -101,8 +101,8 @@ def step_seconds(trainer) -> list[float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--adamw", default=str(REPO_ROOT / "configs" / "shakespeare.json"))
-    parser.add_argument("--muon", default=str(REPO_ROOT / "configs" / "shakespeare_muon.json"))
+    parser.add_argument("--adamw", default=str(REPO_ROOT / "configs" / "shakespeare_adamw.json"))
+    parser.add_argument("--muon", default=str(REPO_ROOT / "configs" / "shakespeare.json"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for both runs")
     parser.add_argument("--muon_set", action="append", default=[], metavar="KEY=VALUE", help="for the Muon run")
     parser.add_argument("--eval_steps", type=int, default=25)

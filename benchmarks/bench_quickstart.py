@@ -3,10 +3,10 @@
     python benchmarks/bench_quickstart.py                       # every candidate below, one after the other
     python benchmarks/bench_quickstart.py --only shipped 3x96   # some of them
     python benchmarks/bench_quickstart.py --config C --only shipped   # another base config (the tests' tiny one)
-    python benchmarks/bench_quickstart.py --config configs/shakespeare_muon.json configs/shakespeare.json \
+    python benchmarks/bench_quickstart.py --config configs/shakespeare.json configs/shakespeare_adamw.json \
         --only shipped --nanogpt ../nanoGPT                    # the quick start beside nanoGPT's CPU command
 
-Each candidate is `configs/shakespeare.json` with some keys changed, run as a user runs it (`python recipe/train.py`,
+Each candidate is a config (by default `configs/shakespeare_adamw.json`, the sweep's base) with some keys changed, run as a user runs it (`python recipe/train.py`,
 a fresh output directory and datasets cache, so the BPE is trained and the corpus tokenized as on a first run). It
 reports the training compute (FLOPs per token, 6N + attention, times the tokens trained on: the figure compared
 with nanoGPT's CPU run, 8.0 TFLOP), the validation bits per byte over all the held-out documents (every byte's
@@ -35,9 +35,9 @@ from pathlib import Path
 from common import print_report
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "shakespeare.json"
+CONFIG = REPO / "configs" / "shakespeare_adamw.json"
 
-# name -> settings that differ from configs/shakespeare.json; every candidate is evaluated once, at the end, on all
+# name -> settings that differ from the config; every candidate is evaluated once, at the end, on all
 # the held-out documents, and saves once, at the end.
 def candidate(steps: int, **settings) -> dict:
     """Batch 64 x 64 tokens (4,096 a step) unless the settings say otherwise, whatever the shipped config has."""

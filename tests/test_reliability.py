@@ -280,10 +280,10 @@ def test_a_damaged_checkpoint_error_is_one_line_naming_the_file(tmp_path, capsys
 
 
 def test_the_muon_config_resumes_exactly_after_sigkill_and_loads(tmp_path):
-    """configs/shakespeare_muon.json, shortened: killed at a random step and rerun, it ends with the weights of the
+    """configs/shakespeare.json (the Muon quick start), shortened: killed at a random step and rerun, it ends with the weights of the
     uninterrupted run (Muon's momentum buffers are in every checkpoint and restored); every step ran at wsd's
     rate; the result loads with from_pretrained."""
-    config = json.loads((REPO_ROOT / "configs" / "shakespeare_muon.json").read_text())
+    config = json.loads((REPO_ROOT / "configs" / "shakespeare.json").read_text())
     config.update(max_steps=8, warmup_steps=2, save_steps=3, eval_steps=4, logging_steps=1, max_eval_samples=16,
                   per_device_train_batch_size=16, train_tokenizer_vocab_size=512, sample_max_new_tokens=0,
                   report_to="none")
