@@ -19,7 +19,7 @@ import trl
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from helpers import REPO_ROOT, scene_texts, tiny_config
+from helpers import scene_texts, tiny_config
 from recipe import GPTForCausalLM, GPTModel
 from recipe.convert import to_openai
 from recipe.train import main as train

@@ -7,7 +7,8 @@ from helpers import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "recipe"
 COMMANDS = {"train", "data", "generate", "evaluate", "plot", "push", "convert"}
-TRAINING = {"trainer", "callbacks"}
+TRAINING = {"trainer", "callbacks", "launch", "step_guard", "throughput", "share_evaluation", "staged_checkpoints",
+            "resumable_data"}
 MODEL = {"configuration_gpt", "modeling_gpt"}
 MODULES = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
 
