@@ -247,11 +247,9 @@ class GPTModel(GPTPreTrainedModel):
 
         past_length = cache.get_seq_length() if cache is not None else 0  # a tensor for a static cache
         seq_len = inputs_embeds.shape[1]
-        if position_ids is None:
+        derived_positions = position_ids is None  # counted on from the cache, as opposed to given by the caller
+        if derived_positions:
             position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_length).unsqueeze(0)  # (1, T)
-            derived_positions = True
-        else:
-            derived_positions = False
         if not torch.compiler.is_compiling() and past_length + seq_len > self.config.n_positions:
             self._check_positions(position_ids, past_length, seq_len, derived_positions)
 

@@ -224,6 +224,18 @@ def padded_embedding_rows(directory: str | Path) -> int:
     return 0
 
 
+def check_resumable_layout(checkpoint: str | Path) -> None:
+    """A CheckpointError, in one line, for a checkpoint of the earlier padded layout: its weights load (load_model),
+    but its optimizer state has the padding rows too, so a run cannot resume from it."""
+    padding = padded_embedding_rows(checkpoint)
+    if padding:
+        raise CheckpointError(
+            f"{checkpoint} was saved by an earlier version of the recipe, whose embeddings held {padding} padding rows "
+            f"(its optimizer state has them too): resume it with that version, or start a new run from its weights "
+            f"with model_name_or_path={checkpoint}"
+        )
+
+
 def unpadded_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """An earlier checkpoint's weights without their padding rows, which no token ever read."""
     return {key: tensor[: config.vocab_size] if key in ("transformer.wte.weight", "lm_head.weight") else tensor

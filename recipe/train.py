@@ -25,10 +25,10 @@ from transformers import set_seed  # noqa: E402
 
 from recipe.args import Settings, check_output_dir, parse_settings  # noqa: E402
 from recipe.checkpoints import RUN_CONFIG_FILE, last_complete_checkpoint, resume_checkpoint  # noqa: E402
-from recipe.errors import CheckpointError, RecipeError, TrainingStopped, exit_command  # noqa: E402
+from recipe.errors import RecipeError, TrainingStopped, exit_command  # noqa: E402
 from recipe.flops import choose_loss_chunk_size, describe_validation, run_plan  # noqa: E402
 from recipe.optimization import describe_optimization  # noqa: E402
-from recipe.sources import build_model, padded_embedding_rows  # noqa: E402
+from recipe.sources import build_model, check_resumable_layout  # noqa: E402
 from recipe.tokenization import load_tokenizer  # noqa: E402
 
 
@@ -70,12 +70,8 @@ def train(settings: Settings):
     model = build_model(settings.model, len(tokenizer), tokenizer.eos_token_id)
     run = plan(settings, model)
     checkpoint = resume_checkpoint(training.output_dir, training.overwrite_output_dir, training.should_save)
-    if checkpoint is not None and padded_embedding_rows(checkpoint):
-        raise CheckpointError(
-            f"{checkpoint} was saved by an earlier version of the recipe, whose embeddings held "
-            f"{padded_embedding_rows(checkpoint)} padding rows (its optimizer state has them too): resume it with that "
-            f"version, or start a new run from its weights with model_name_or_path={checkpoint}"
-        )
+    if checkpoint is not None:
+        check_resumable_layout(checkpoint)
     if training.should_save:
         Path(training.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(training.output_dir) / RUN_CONFIG_FILE).write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
